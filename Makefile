@@ -1,0 +1,53 @@
+# adchain: `make demo` runs the whole chain with a short load; `make test` runs the tests.
+# Both create the virtual environment .venv on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+GENERATED := adchain/v1/.generated
+PROTOS := $(wildcard protos/adchain/v1/*.proto)
+
+# Slow end-to-end and fault tests run under CI (CI=true) and with `make test-all`.
+ifeq ($(CI),true)
+PYTEST_SELECT :=
+else
+PYTEST_SELECT := -m "not slow"
+endif
+
+.PHONY: demo test test-all bench lint gen clean
+
+demo: $(INSTALLED) $(GENERATED)
+	$(PY) -m services demo
+
+test: $(INSTALLED) $(GENERATED)
+	$(PY) -m pytest $(PYTEST_SELECT) -q
+
+test-all: $(INSTALLED) $(GENERATED)
+	$(PY) -m pytest -q
+
+bench: $(INSTALLED) $(GENERATED)
+	$(PY) -m pricing_core.bench
+
+lint: $(INSTALLED)
+	$(VENV)/bin/buf lint
+
+gen: $(GENERATED)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# compat mode puts the checkout itself on the path, so the generated
+	# adchain/ package is importable whenever it is (re)generated.
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	touch $@
+
+# Regenerated whenever a .proto (or the generator) is newer; never committed.
+$(GENERATED): $(PROTOS) scripts/genproto.py $(INSTALLED)
+	rm -rf adchain
+	$(PY) scripts/genproto.py
+	touch $@
+
+clean:
+	rm -rf adchain .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""adchain's load generator: drives publisher traffic through the chain."""

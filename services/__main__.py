@@ -1,0 +1,5 @@
+"""`python -m services` is the `adchain` command."""
+
+from services.cli import main
+
+raise SystemExit(main())

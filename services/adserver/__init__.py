@@ -1,0 +1,1 @@
+"""The ad server role: counts rendered impressions and sends billing notices."""

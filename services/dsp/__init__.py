@@ -1,0 +1,1 @@
+"""The DSP role: bids on OpenRTB requests, counts wins and billed spend."""

@@ -1,0 +1,93 @@
+"""Everything the DSP counts, in one place: bid requests, bids, no-bids, wins
+(on the win notice), losses, and billed impressions with their spend (on the
+billing notice, OpenRTB 2.6 §7.2: only billing lets a buyer increment spend).
+
+Spend: a billed impression at a clearing CPM of P micros costs P/1000 micros.
+The ledger keeps the exact sum of billed CPM micros per campaign and reports
+spend as that sum divided by 1000, rounded down, so a campaign's spend is
+exact to the micro however its impressions were priced.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter
+
+from services.dsp.bidding import NO_BID_REASONS
+from services.dsp.settings import CampaignSettings
+from services.runtime.counting import Tally
+from services.runtime.dedupe import ExpiringMap
+from services.runtime.metrics import ImpressionMetrics
+
+# How long an impression key is remembered for billing idempotence.
+BILLING_DEDUPE_S = 24 * 3600.0
+
+
+class DspLedger:
+    def __init__(self, instance: str, campaigns: Sequence[CampaignSettings], registry: CollectorRegistry,
+                 clock: Callable[[], float]):
+        self.tally = Tally("dsp", instance, clock)
+        self.tally.declare(("bid_requests", "bids", "no_bids", "won", "losses", "billed", "spend_micros"))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._budgets = {c.id: c.budget_total_micros for c in campaigns}
+        self._billed_cpm_micros = {c.id: 0 for c in campaigns}
+        self._wins = ExpiringMap(clock)
+        self._billings = ExpiringMap(clock)
+        self._impressions = ImpressionMetrics("dsp", registry)
+        self._bid_requests = Counter("adchain_dsp_bid_requests", "OpenRTB bid requests received.", registry=registry)
+        self._bids = Counter("adchain_dsp_bids", "Bids made.", registry=registry)
+        no_bids = Counter("adchain_dsp_no_bids", "Bid requests answered with a no-bid, by reason.", ["reason"],
+                          registry=registry)
+        self._no_bids = {code: no_bids.labels(reason=name) for code, name in NO_BID_REASONS.items()}
+        self._losses = Counter("adchain_dsp_losses", "Loss notices received.", registry=registry)
+        self._billed = Counter("adchain_dsp_billed_impressions", "Impressions billed (billing notices counted).",
+                               registry=registry)
+        self._spend = Counter("adchain_dsp_spend_micros", "Spend accrued on billing notices, in micros of the currency.",
+                              registry=registry)
+
+    def record_bid_request(self) -> None:
+        self.tally.add("bid_requests")
+        self._bid_requests.inc()
+
+    def record_bid(self, campaign_id: str) -> None:
+        self.tally.add("bids", campaign=campaign_id)
+        self._bids.inc()
+
+    def record_no_bid(self, nbr: int) -> None:
+        self.tally.add("no_bids", reason=NO_BID_REASONS[nbr])
+        self._no_bids[nbr].inc()
+
+    def record_win(self, bid_id: str, campaign_id: str) -> bool:
+        """Count a won impression once per bid; False for a repeated notice."""
+        if not self._wins.add(bid_id, self._clock() + BILLING_DEDUPE_S):
+            return False
+        self.tally.add("won", campaign=campaign_id)
+        self._impressions.record("won")
+        return True
+
+    def record_loss(self, campaign_id: str, loss_code: int) -> None:
+        self.tally.add("losses", reason=str(loss_code), campaign=campaign_id)
+        self._losses.inc()
+
+    def record_billing(self, impression_key: str, campaign_id: str, price_micros: int) -> bool:
+        """Accrue one billed impression at a clearing CPM of `price_micros`;
+        idempotent per impression key."""
+        if not self._billings.add(impression_key, self._clock() + BILLING_DEDUPE_S):
+            return False
+        with self._lock:
+            before = self._billed_cpm_micros[campaign_id] // 1000
+            self._billed_cpm_micros[campaign_id] += price_micros
+            spent = self._billed_cpm_micros[campaign_id] // 1000 - before
+        self.tally.add("billed", campaign=campaign_id)
+        self.tally.add("spend_micros", spent, campaign=campaign_id)
+        self._billed.inc()
+        self._spend.inc(spent)
+        return True
+
+    def remaining_budget_micros(self, campaign_id: str) -> int:
+        with self._lock:
+            budget = self._budgets[campaign_id]
+            return budget - self._billed_cpm_micros[campaign_id] // 1000 if budget else 1 << 62

@@ -1,0 +1,1 @@
+"""The local chain: every role as a process on loopback (`adchain up`)."""

@@ -1,0 +1,78 @@
+"""Metrics shared by every role: the impression family that makes the chain's
+discrepancies visible, and per-RPC request counts and latency.
+
+Label values come from closed lists (roles, stages, RPC method names, gRPC
+codes); every combination a role can produce is created at zero at start-up
+so rates and ratios never miss a series. No id is ever a label value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+ROLES = ("dsp", "ssp", "adserver", "verifier")
+
+# Where each role counts an impression in the ad call chain.
+STAGES_BY_ROLE = {
+    "dsp": ("won",),
+    "ssp": ("returned",),
+    "adserver": ("rendered",),
+    "verifier": ("measurable", "viewable"),
+}
+STAGES = ("won", "returned", "rendered", "measurable", "viewable")
+
+# gRPC codes a role's RPCs end with in normal operation; others appear on use.
+COMMON_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL")
+
+# Latency buckets for RPCs that sit on an ad request's critical path:
+# sub-millisecond to the seconds an abandoned caller gives up at.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5,
+)
+
+
+class ImpressionMetrics:
+    """`adchain_impressions_total{role, stage}`: one family across the chain."""
+
+    def __init__(self, role: str, registry: CollectorRegistry):
+        self._counter = Counter(
+            "adchain_impressions",
+            "Impressions counted, by the role that counted them and the chain stage it counts at.",
+            ["role", "stage"],
+            registry=registry,
+        )
+        self._by_stage = {stage: self._counter.labels(role=role, stage=stage) for stage in STAGES_BY_ROLE[role]}
+
+    def record(self, stage: str, n: int = 1) -> None:
+        self._by_stage[stage].inc(n)
+
+
+class RpcMetrics:
+    """Requests by method and status code, and their latency, for one role."""
+
+    def __init__(self, role: str, methods: tuple[str, ...], registry: CollectorRegistry):
+        self._role = role
+        self._requests = Counter(
+            "adchain_rpc_requests",
+            "gRPC requests served, by method and status code.",
+            ["role", "method", "code"],
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "adchain_rpc_duration_seconds",
+            "Time to serve a gRPC request, by method.",
+            ["role", "method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self._durations = {m: self._duration.labels(role=role, method=m) for m in methods}
+        self._counts = {(m, c): self._requests.labels(role=role, method=m, code=c) for m in methods for c in COMMON_CODES}
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        child = self._counts.get((method, code))
+        if child is None:
+            child = self._counts[(method, code)] = self._requests.labels(role=self._role, method=method, code=code)
+        child.inc()
+        duration = self._durations.get(method)
+        if duration is not None:
+            duration.observe(seconds)

@@ -1,0 +1,166 @@
+"""Serving a role: build the gRPC server with health and reflection, expose
+/metrics, report readiness, and shut down gracefully on SIGTERM.
+
+A role is described by a `Role`: its name, its settings class and a `build`
+function that turns settings into a `RoleApp` (its servicers and any
+background work). Nothing here knows what a DSP or an exchange is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from services.runtime.config import ServerSettings
+from services.runtime.interceptor import ServingInterceptor
+from services.runtime.metrics import RpcMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Servicer:
+    """One gRPC service a role serves."""
+
+    add_to_server: Callable[[Any, grpc.Server], None]
+    implementation: Any
+    # Fully qualified service name, e.g. "adchain.v1.BidderService".
+    full_name: str
+    # Its RPC method names, for metrics created at zero.
+    methods: tuple[str, ...]
+
+
+class RoleApp(Protocol):
+    servicers: Sequence[Servicer]
+
+    def start(self) -> None:
+        """Start background work (e.g. notice senders) once serving."""
+
+    def close(self, timeout_s: float) -> None:
+        """Flush and stop background work after the server stopped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    name: str
+    settings_type: type
+    build: Callable[[Any, "RoleContext"], RoleApp]
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleContext:
+    """What a role's logic is handed: no module globals."""
+
+    instance: str
+    registry: CollectorRegistry
+    clock: Callable[[], float] = time.time
+
+
+@dataclasses.dataclass
+class RunningRole:
+    """A role serving on bound ports; `stop` shuts it down gracefully."""
+
+    role: str
+    app: RoleApp
+    server: grpc.Server
+    health: health.HealthServicer
+    grpc_address: str
+    metrics_address: str
+    _metrics_server: Any
+    _grace_s: float
+
+    def stop(self, grace_s: float | None = None) -> None:
+        grace = self._grace_s if grace_s is None else grace_s
+        log.info("%s: stopping: health NOT_SERVING, draining in-flight RPCs for up to %.1fs", self.role, grace)
+        # Tell load balancers and `adchain up` first, then stop accepting.
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.app.close(timeout_s=max(grace, 1.0))
+        self._metrics_server.shutdown()
+        self._metrics_server.server_close()
+        log.info("%s: stopped", self.role)
+
+
+def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = None,
+          clock: Callable[[], float] = time.time) -> RunningRole:
+    """Build and start `role` with `settings` (whose `.server` is a
+    ServerSettings). Returns once both ports are bound."""
+    server_settings: ServerSettings = settings.server
+    registry = registry if registry is not None else CollectorRegistry()
+    instance = server_settings.name or role.name
+    started = time.perf_counter()
+    app = role.build(settings, RoleContext(instance=instance, registry=registry, clock=clock))
+
+    methods = tuple(m for s in app.servicers for m in s.methods)
+    interceptor = ServingInterceptor(RpcMetrics(role.name, methods, registry))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=server_settings.max_workers, thread_name_prefix=f"{role.name}-rpc"),
+        interceptors=[interceptor],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for servicer in app.servicers:
+        servicer.add_to_server(servicer.implementation, server)
+    names = [s.full_name for s in app.servicers]
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{server_settings.host}:{server_settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"could not bind gRPC on {server_settings.host}:{server_settings.grpc_port}")
+    metrics_server, _thread = start_http_server(server_settings.metrics_port, addr=server_settings.host, registry=registry)
+    metrics_port = metrics_server.server_port
+    server.start()
+    app.start()
+    for name in ("", *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningRole(
+        role=role.name,
+        app=app,
+        server=server,
+        health=health_servicer,
+        grpc_address=f"{_host_for_url(server_settings.host)}:{port}",
+        metrics_address=f"{_host_for_url(server_settings.host)}:{metrics_port}",
+        _metrics_server=metrics_server,
+        _grace_s=server_settings.grace_s,
+    )
+    log.info("%s (%s): serving gRPC on %s, metrics on http://%s/metrics, ready in %.2fs",
+             instance, role.name, running.grpc_address, running.metrics_address, time.perf_counter() - started)
+    return running
+
+
+def serve(role: Role, settings: Any, ready_file: Path | None = None) -> None:
+    """Run a role until SIGTERM or SIGINT, then shut down gracefully."""
+    stop_requested = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop_requested.set())
+    running = start(role, settings)
+    if ready_file is not None:
+        write_ready_file(ready_file, running)
+    stop_requested.wait()
+    running.stop()
+
+
+def write_ready_file(path: Path, running: RunningRole) -> None:
+    """Write the bound addresses as JSON, atomically, for whoever launched us."""
+    payload = {"grpc": running.grpc_address, "metrics": running.metrics_address, "pid": os.getpid()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

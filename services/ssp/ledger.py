@@ -1,0 +1,67 @@
+"""Everything the exchange counts: ad requests, no-fills by reason, bids and
+timeouts per DSP, notices, and returned impressions (counted only once the
+ad reached the caller)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.runtime.counting import Tally
+from services.runtime.metrics import LATENCY_BUCKETS_S, ImpressionMetrics
+
+NO_FILL_REASONS = ("no_bids", "below_floor", "timeout")
+NOTICE_KINDS = ("win", "loss")
+NOTICE_OUTCOMES = ("sent", "failed")
+
+
+class SspLedger:
+    def __init__(self, instance: str, dsp_names: Sequence[str], registry: CollectorRegistry, clock: Callable[[], float]):
+        self.tally = Tally("ssp", instance, clock)
+        self.tally.declare(("ad_requests", "auctions_won", "returned", "not_returned", "no_fill"))
+        self._impressions = ImpressionMetrics("ssp", registry)
+        self._ad_requests = Counter("adchain_ssp_ad_requests", "Ad requests received from publishers.", registry=registry)
+        no_fill = Counter("adchain_ssp_no_fills", "Ad requests answered without an ad, by reason.", ["reason"],
+                          registry=registry)
+        self._no_fill = {r: no_fill.labels(reason=r) for r in NO_FILL_REASONS}
+        self._not_returned = Counter(
+            "adchain_ssp_ads_not_returned",
+            "Auctions won whose ad never reached the caller (deadline passed or caller gone).", registry=registry)
+        bid_responses = Counter("adchain_ssp_bid_responses", "Bid requests sent to DSPs, by DSP and outcome.",
+                                ["dsp", "outcome"], registry=registry)
+        self._bid_outcomes = {(d, o): bid_responses.labels(dsp=d, outcome=o)
+                              for d in dsp_names for o in ("bid", "no_bid", "timeout", "error")}
+        notices = Counter("adchain_ssp_notices", "Win and loss notices, by kind and outcome.", ["kind", "outcome"],
+                          registry=registry)
+        self._notices = {(k, o): notices.labels(kind=k, outcome=o) for k in NOTICE_KINDS for o in NOTICE_OUTCOMES}
+        self.auction_seconds = Histogram("adchain_ssp_auction_duration_seconds",
+                                         "Time from ad request to cleared auction.", buckets=LATENCY_BUCKETS_S,
+                                         registry=registry)
+
+    def record_ad_request(self) -> None:
+        self.tally.add("ad_requests")
+        self._ad_requests.inc()
+
+    def record_bid_outcome(self, dsp: str, outcome: str) -> None:
+        self.tally.add("bid_responses", reason=f"{dsp}:{outcome}")
+        self._bid_outcomes[(dsp, outcome)].inc()
+
+    def record_no_fill(self, reason: str) -> None:
+        self.tally.add("no_fill", reason=reason)
+        self._no_fill[reason].inc()
+
+    def record_auction_won(self, seat: str, campaign_id: str) -> None:
+        self.tally.add("auctions_won", reason=seat, campaign=campaign_id)
+
+    def record_returned(self, seat: str, campaign_id: str) -> None:
+        self.tally.add("returned", reason=seat, campaign=campaign_id)
+        self._impressions.record("returned")
+
+    def record_not_returned(self, seat: str, campaign_id: str) -> None:
+        self.tally.add("not_returned", reason=seat, campaign=campaign_id)
+        self._not_returned.inc()
+
+    def record_notice(self, kind: str, outcome: str) -> None:
+        self.tally.add(f"{kind}_notices", reason=outcome)
+        self._notices[(kind, outcome)].inc()

@@ -1,0 +1,50 @@
+"""The exchange's configuration: its DSPs, auction defaults and token keys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.runtime.config import Peer, ServerSettings, duplicate_names
+from services.runtime.tokens import TokenSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class ExchangeSettings:
+    # Auction time allowed to the DSPs when the caller names none.
+    tmax_ms: int = 100
+    # 1 first price, 2 second price plus (OpenRTB 2.6 §3.2.1, default 2).
+    auction_type: int = 2
+    # Second price plus: the winner pays the second bid (or floor) plus this.
+    increment_micros: int = 10_000
+    currency: str = "USD"
+    # How long a returned ad may wait for its render before it is late
+    # (OpenRTB 2.6 Imp.exp); the token expires then.
+    token_ttl_s: int = 300
+    # Time allowed to deliver a win or loss notice.
+    notice_timeout_ms: int = 1000
+
+    def validate(self, where: str) -> list[str]:
+        problems = []
+        if self.tmax_ms <= 0:
+            problems.append(f"{where}.tmax_ms: must be positive")
+        if self.auction_type not in (1, 2):
+            problems.append(f"{where}.auction_type: must be 1 (first price) or 2 (second price plus)")
+        if self.increment_micros < 0:
+            problems.append(f"{where}.increment_micros: must not be negative")
+        if self.token_ttl_s <= 0:
+            problems.append(f"{where}.token_ttl_s: must be positive")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class SspConfig:
+    server: ServerSettings = ServerSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+    dsps: tuple[Peer, ...] = ()
+    tokens: TokenSettings = TokenSettings()
+
+    def validate(self, where: str) -> list[str]:
+        problems = duplicate_names("dsps", self.dsps)
+        if not self.dsps:
+            problems.append("dsps: at least one DSP is required")
+        return problems

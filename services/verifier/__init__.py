@@ -1,0 +1,1 @@
+"""The verifier role: counts measurable and viewable impressions (IAB/MRC)."""
