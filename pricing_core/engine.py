@@ -1,0 +1,214 @@
+"""PricingEngine: what the DSP holds. Owns the current CampaignTable and the mutable
+per-campaign state, and routes every bid decision (evaluate) and every spend (accrue)
+through the kernels.
+
+Threads: several gRPC workers call evaluate concurrently while accrue runs now and then.
+Kernels release the GIL. evaluate takes the current generation (table + state + frequency
+table) as one reference and reads state without the lock, so it may see spend and counts
+up to one accrue call stale (a campaign can win one more bid than its budget strictly
+allows; accrue still books every event). accrue, the day roll-over and replace mutate
+under one lock; replace swaps the whole generation in a single assignment.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import accrue as _accrue
+from . import clear as _clear
+from . import evaluate as _evaluate
+from . import frequency as _frequency
+from .accrue import BILLED_IMPRESSION, CLICK, VIEWABLE  # noqa: F401 (re-exported)
+from .campaigns import CampaignSpec, CampaignState, CampaignTable
+from .evaluate import REASON_NAMES
+from .opportunities import Opportunity, OpportunityBatch
+
+SECONDS_PER_DAY = 86400
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    campaign: np.ndarray           # int32, -1 = no bid
+    bid_micros: np.ndarray         # int64 CPM-equivalent bid after shading (0 if none)
+    second_campaign: np.ndarray    # int32, -1 = none
+    second_bid_micros: np.ndarray  # int64
+    no_bid_reason: np.ndarray      # int8 index into reason_names (0 = "none": a bid)
+    reason_counts: np.ndarray      # int64 per reason, over (opportunity, campaign) pairs
+    reason_names: tuple[str, ...] = REASON_NAMES
+
+
+@dataclass(frozen=True)
+class _Generation:
+    table: CampaignTable
+    state: CampaignState
+
+
+class PricingEngine:
+    def __init__(self, specs: Sequence[CampaignSpec], *,
+                 clock: Callable[[], float] = time.time, parallel_threshold: int = 64):
+        self._clock = clock
+        self._lock = threading.Lock()
+        table = CampaignTable.from_specs(specs)
+        self._generation = _Generation(table, CampaignState.zeros(len(table)))
+        self._frequency = _frequency.FrequencyTable.empty()
+        self._day = math.floor(clock() / SECONDS_PER_DAY)
+        self._parallel_threshold = parallel_threshold
+
+    # -- reading -----------------------------------------------------------------------
+    @property
+    def table(self) -> CampaignTable:
+        return self._generation.table
+
+    def encode(self, opportunities: Sequence[Opportunity]) -> OpportunityBatch:
+        return OpportunityBatch.encode(self._generation.table, opportunities)
+
+    def evaluate(self, batch: OpportunityBatch | Sequence[Opportunity], *,
+                 parallel: bool | None = None) -> Evaluation:
+        now_s = float(self._clock())
+        self._roll_day(now_s)
+        generation = self._generation
+        frequency = self._frequency
+        if not isinstance(batch, OpportunityBatch):
+            batch = OpportunityBatch.encode(generation.table, batch)
+        elif batch.feature_bits.shape[1] != generation.table.targeting_bits.shape[1] or \
+                len(batch.index_rows) and batch.index_rows.max() >= len(
+                    generation.table.index.bits):
+            raise ValueError("batch was encoded against another campaign table")
+        outputs = _evaluate.new_outputs(len(batch))
+        day_start_s = float(math.floor(now_s / SECONDS_PER_DAY) * SECONDS_PER_DAY)
+        args = _evaluate.evaluate_args(generation.table, generation.state, frequency, batch,
+                                       now_s, day_start_s, outputs)
+        if parallel is None:
+            parallel = len(batch) >= self._parallel_threshold
+        if parallel:
+            _evaluate.evaluate_batch_parallel(_evaluate.parallel_chunks(), *args)
+        else:
+            _evaluate.evaluate_batch(*args)
+        return Evaluation(*outputs)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            g = self._generation
+            s = g.state
+            return {"ids": g.table.ids, "spend_micros": s.spend_micros.copy(),
+                    "daily_spend_micros": s.daily_spend_micros.copy(),
+                    "impressions": s.impressions.copy(), "viewables": s.viewables.copy(),
+                    "clicks": s.clicks.copy(), "exhausted": s.exhausted.copy()}
+
+    # -- writing -----------------------------------------------------------------------
+    def accrue(self, campaign, price_micros, kind, user_key_hash=None) -> int:
+        """Book events (arrays or scalars). Billed impressions with a user key hash also
+        count toward frequency caps. Returns the number of rejected events."""
+        campaign = np.atleast_1d(np.asarray(campaign, np.int32))
+        price = np.atleast_1d(np.asarray(price_micros, np.int64))
+        kind = np.atleast_1d(np.asarray(kind, np.int8))
+        if kind.shape != campaign.shape:
+            kind = np.broadcast_to(kind, campaign.shape).copy()
+        if not (campaign.shape == price.shape == kind.shape):
+            raise ValueError("campaign, price_micros and kind must have one length")
+        now_s = self._clock()
+        self._roll_day(now_s)
+        with self._lock:
+            g = self._generation
+            t, s = g.table, g.state
+            rejected = _accrue.accrue_events(
+                campaign, price, kind, t.pricing_model, t.budget_total_micros,
+                t.budget_daily_micros, s.spend_micros, s.daily_spend_micros, s.impressions,
+                s.viewables, s.clicks, s.exhausted)
+            if user_key_hash is not None:
+                users = np.atleast_1d(np.asarray(user_key_hash, np.int64))
+                if users.shape != campaign.shape:
+                    users = np.broadcast_to(users, campaign.shape)
+                capped = (kind == BILLED_IMPRESSION) & (campaign >= 0) & (
+                    campaign < len(t)) & (price >= 0)
+                capped[capped] = t.frequency_cap[campaign[capped]] > 0
+                if capped.any():
+                    c = np.ascontiguousarray(campaign[capped])
+                    self._frequency = _frequency.grown(self._frequency, len(c),
+                                                       n_campaigns=len(t))
+                    _frequency.frequency_record(
+                        *self._frequency.arrays(), np.ascontiguousarray(users[capped]), c,
+                        np.ascontiguousarray(t.frequency_window_s[c]), np.int64(now_s))
+        return int(rejected)
+
+    def replace(self, specs: Sequence[CampaignSpec]) -> None:
+        """Swap in a new campaign set. Campaigns whose id persists keep their spend,
+        counters, exhausted flags and frequency entries; new ones start at zero. The new
+        specs are validated before anything changes."""
+        table = CampaignTable.from_specs(specs)
+        with self._lock:
+            old = self._generation
+            old_index = {cid: i for i, cid in enumerate(old.table.ids)}
+            remap = np.full(len(old.table), -1, np.int32)
+            state = CampaignState.zeros(len(table))
+            for new_i, cid in enumerate(table.ids):
+                old_i = old_index.get(cid)
+                if old_i is None:
+                    continue
+                remap[old_i] = new_i
+                for name in ("spend_micros", "daily_spend_micros", "impressions",
+                             "viewables", "clicks"):
+                    getattr(state, name)[new_i] = getattr(old.state, name)[old_i]
+            # Budgets may have changed: recompute exhausted flags from the new budgets.
+            state.exhausted[:] = np.where(state.spend_micros >= table.budget_total_micros, 1, 0)
+            state.exhausted |= np.where((table.budget_daily_micros > 0) & (
+                state.daily_spend_micros >= table.budget_daily_micros), 2, 0).astype(np.uint8)
+            self._frequency = _frequency.grown(self._frequency, 0, remap=remap)
+            self._generation = _Generation(table, state)
+
+    def _roll_day(self, now_s: float) -> None:
+        day = math.floor(now_s / SECONDS_PER_DAY)
+        if day == self._day:
+            return
+        with self._lock:
+            if day != self._day:
+                g = self._generation
+                _accrue.start_day(g.table.budget_total_micros, g.state.spend_micros,
+                                  g.state.daily_spend_micros, g.state.exhausted)
+                self._day = day
+
+    # -- start-up ----------------------------------------------------------------------
+    def warm(self) -> float:
+        """Compile or load from cache every kernel the engine calls, on throwaway arrays
+        of the runtime dtypes, so no request pays for compilation. Returns seconds."""
+        started = time.perf_counter()
+        warm_kernels()
+        return time.perf_counter() - started
+
+
+def warm_kernels() -> None:
+    spec = CampaignSpec(id="warm", advertiser_domain="warm.example", pricing_model="cpm",
+                        bid_micros=1000, max_bid_micros=2000, budget_total_micros=10 ** 6,
+                        frequency_cap=1, frequency_window_s=60, formats=("banner",))
+    table = CampaignTable.from_specs([spec])
+    opp = Opportunity("banner", 300, 250, "d", 2, "USA", (), (), (), 0, "u", 0.5, 0.01, 1)
+    batch = OpportunityBatch.encode(table, [opp])
+    state = CampaignState.zeros(1)
+    freq = _frequency.FrequencyTable.empty(16)
+    args = _evaluate.evaluate_args(table, state, freq, batch, 1.0, 0.0,
+                                   _evaluate.new_outputs(1))
+    _evaluate.evaluate_batch(*args)
+    _evaluate.evaluate_batch_parallel(_evaluate.parallel_chunks(), *args)
+    _accrue.accrue_events(np.zeros(1, np.int32), np.zeros(1, np.int64), np.zeros(1, np.int8),
+                          table.pricing_model, table.budget_total_micros,
+                          table.budget_daily_micros, state.spend_micros,
+                          state.daily_spend_micros, state.impressions, state.viewables,
+                          state.clicks, state.exhausted)
+    _accrue.start_day(table.budget_total_micros, state.spend_micros,
+                      state.daily_spend_micros, state.exhausted)
+    users = np.zeros(1, np.int64)
+    campaigns = np.zeros(1, np.int32)
+    windows = np.ones(1, np.int64)
+    _frequency.frequency_record(*freq.arrays(), users, campaigns, windows, np.int64(0))
+    _frequency.frequency_check(*freq.arrays(), users, campaigns, np.ones(1, np.int32),
+                               windows, np.int64(0), np.zeros(1, np.bool_))
+    _frequency.grown(freq, 100, n_campaigns=1)
+    _clear.clear(np.array([1, 2], np.int64), 0, 2, 10)
+    _clear.clear_batch(np.array([1, 2], np.int64), np.array([0, 2], np.int64),
+                       np.zeros(1, np.int64), np.ones(1, np.int8), np.int64(10),
+                       np.zeros(1, np.int32), np.zeros(1, np.int64), np.zeros(2, np.int64))

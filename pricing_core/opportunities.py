@@ -1,0 +1,106 @@
+"""A batch of impression opportunities as arrays, encoded against one CampaignTable's
+vocabularies; the DSP builds it from a BidRequest's imps and hands it to evaluate."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .campaigns import (DIM_CATEGORY, DIM_COUNTRY, DIM_DEAL, DIM_DEVICE, DIM_FORMAT,
+                        DIM_SEGMENT, DIM_SIZE, INDEXED_DIMS, CampaignTable)
+
+AUCTION_FIRST_PRICE = 1   # OpenRTB 2.6 BidRequest.at
+AUCTION_SECOND_PRICE = 2
+
+
+def user_key_hash(user_key: str) -> int:
+    """Stable signed 64-bit hash of a user key (frequency table key). Stable across
+    processes, unlike hash(); collisions only merge two users' frequency counts."""
+    digest = hashlib.blake2b(user_key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+@dataclass
+class Opportunity:
+    format: str
+    w: int
+    h: int
+    domain: str
+    device_type: int
+    country: str
+    categories: tuple[str, ...]
+    segments: tuple[str, ...]
+    deal_ids: tuple[str, ...]
+    floor_micros: int
+    user_key: str
+    predicted_viewability: float
+    predicted_ctr: float
+    auction_type: int = AUCTION_FIRST_PRICE
+
+
+@dataclass(frozen=True)
+class OpportunityBatch:
+    """Arrays per opportunity. `index_rows[i, d]` is the targeting-index row for indexed
+    dimension d; `feature_bits[i]` uses the table's bitset layout (single-valued dimensions
+    set one bit, or none for a value no campaign targets)."""
+    index_rows: np.ndarray        # int32 [n, INDEXED_DIMS]
+    feature_bits: np.ndarray      # uint64 [n, words]
+    domain_id: np.ndarray         # int32, -1 = unknown to every campaign
+    floor_micros: np.ndarray      # int64
+    format_id: np.ndarray         # int32, -1 unknown
+    size_id: np.ndarray           # int32, -1 unknown
+    user_key_hash: np.ndarray     # int64
+    predicted_viewability: np.ndarray  # float64
+    predicted_ctr: np.ndarray     # float64
+    auction_type: np.ndarray      # int8
+
+    def __len__(self) -> int:
+        return len(self.floor_micros)
+
+    @classmethod
+    def encode(cls, table: CampaignTable,
+               opportunities: Sequence[Opportunity]) -> "OpportunityBatch":
+        n = len(opportunities)
+        vocab = table.vocabularies
+        bits = np.zeros((n, table.targeting_bits.shape[1]), np.uint64)
+        rows = np.zeros((n, INDEXED_DIMS), np.int32)
+        ids = np.full((n, INDEXED_DIMS), -1, np.int32)
+
+        def set_bit(i, d, value):
+            b = vocab[d].get(value)
+            if b >= 0:
+                bits[i, table.dim_start[d] + b // 64] |= np.uint64(1) << np.uint64(b % 64)
+            return b
+
+        for i, o in enumerate(opportunities):
+            single = (o.format, (o.w, o.h), o.device_type, o.country)
+            for d, value in zip((DIM_FORMAT, DIM_SIZE, DIM_DEVICE, DIM_COUNTRY), single):
+                b = set_bit(i, d, value)
+                ids[i, d] = b
+                rows[i, d] = table.index.row0[d] + (b if b >= 0 else table.index.vocab_size[d])
+            for d, values in ((DIM_CATEGORY, o.categories), (DIM_SEGMENT, o.segments),
+                              (DIM_DEAL, o.deal_ids)):
+                for v in values:
+                    set_bit(i, d, v)
+        for o in opportunities:
+            if o.auction_type not in (AUCTION_FIRST_PRICE, AUCTION_SECOND_PRICE):
+                raise ValueError(f"auction_type must be 1 or 2, got {o.auction_type!r}")
+            if o.floor_micros < 0:
+                raise ValueError(f"floor_micros must be non-negative, got {o.floor_micros}")
+        return cls(
+            index_rows=rows,
+            feature_bits=bits,
+            domain_id=np.array([table.domain_vocabulary.get(o.domain) for o in opportunities],
+                               np.int32),
+            floor_micros=np.array([o.floor_micros for o in opportunities], np.int64),
+            format_id=np.ascontiguousarray(ids[:, DIM_FORMAT]),
+            size_id=np.ascontiguousarray(ids[:, DIM_SIZE]),
+            user_key_hash=np.array([user_key_hash(o.user_key) for o in opportunities],
+                                   np.int64),
+            predicted_viewability=np.array([o.predicted_viewability for o in opportunities],
+                                           np.float64),
+            predicted_ctr=np.array([o.predicted_ctr for o in opportunities], np.float64),
+            auction_type=np.array([o.auction_type for o in opportunities], np.int8),
+        )
