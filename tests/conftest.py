@@ -3,8 +3,16 @@ loopback ports, each role with its own metrics registry."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
+import tempfile
+
+# Numba's on-disk cache goes to a folder of this test session's own, set
+# before anything imports numba (and inherited by the processes tests start),
+# so tests never read or write a shared cache.
+_NUMBA_CACHE_DIR = tempfile.mkdtemp(prefix="adchain-test-numba-")
+os.environ["NUMBA_CACHE_DIR"] = _NUMBA_CACHE_DIR
 import shutil
 import sys
 import time
@@ -123,3 +131,10 @@ def system_program(name: str) -> str:
             pytest.fail(f"{name} is required under CI; .ci/run installs it")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def _remove_numba_cache() -> None:
+    shutil.rmtree(_NUMBA_CACHE_DIR, ignore_errors=True)
+
+
+atexit.register(_remove_numba_cache)

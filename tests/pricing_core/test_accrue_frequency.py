@@ -10,7 +10,7 @@ from pricing_core.reference import ReferenceState, accrue_reference
 from pricing_core.reference import frequency_count as reference_count
 from pricing_core.reference import frequency_record as reference_record
 
-from pricing_strategies import campaign_specs
+from tests.pricing_core.pricing_strategies import campaign_specs
 
 
 def _accrue(table, state, events):

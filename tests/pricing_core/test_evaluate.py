@@ -1,5 +1,5 @@
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pricing_core import evaluate as ev
@@ -9,7 +9,7 @@ from pricing_core.opportunities import Opportunity, OpportunityBatch, user_key_h
 from pricing_core.reference import ReferenceState, evaluate_reference
 from pricing_core.reference import frequency_record as reference_record
 
-from pricing_strategies import DAY, NOW_S, USERS, campaign_specs, opportunities
+from tests.pricing_core.pricing_strategies import DAY, NOW_S, USERS, campaign_specs, opportunities
 
 DAY_START_S = float(int(NOW_S // DAY) * DAY)
 
@@ -64,7 +64,9 @@ def test_evaluate_agrees_with_reference(specs, opps, parallel, data):
         specs, opps, ref, NOW_S, DAY_START_S)
 
 
-@settings(max_examples=25, deadline=None)
+# Large campaign sets are the point here (past one 64-campaign index word), so
+# Hypothesis's warning about large generated inputs does not apply.
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
 @given(specs=campaign_specs(n_max=300), opps=opportunities(n_max=12), data=st.data())
 def test_evaluate_agrees_with_reference_past_one_index_word(specs, opps, data):
     # More than 64 campaigns: the index spans several words and summary bits.
