@@ -34,12 +34,15 @@ lint: $(INSTALLED)
 
 gen: $(GENERATED)
 
+# The editable install maps each top-level package to its folder, so the
+# generated adchain/ package must exist when it runs: install the dependencies,
+# generate, then install the project again to map adchain/ too.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# compat mode puts the checkout itself on the path, so the generated
-	# adchain/ package is importable whenever it is (re)generated.
-	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) scripts/genproto.py
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 # Regenerated whenever a .proto (or the generator) is newer; never committed.

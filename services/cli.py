@@ -19,6 +19,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # role modules are imported lazily, after this
     parser = argparse.ArgumentParser(prog="adchain", description="Programmatic ad call chain, counted at every link.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    args.started = started
     return {"serve": _serve, "up": _up, "demo": _demo}[args.command](args)
 
 
@@ -60,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     except config.ConfigError as error:
         logging.getLogger("adchain").error("%s", error)
         return 2
-    server.serve(role, settings, args.ready_file)
+    server.serve(role, settings, args.ready_file, started=args.started)
     return 0
 
 

@@ -33,12 +33,13 @@ TOKENS = {"signing_key_id": "k1", "keys": ["k1:" + "ab" * 32]}
 CAMPAIGNS = {
     "dsp-1": [
         {"id": "c-display", "advertiser_domain": "brand.example", "bid_micros": 6_000_000,
-         "formats": ["banner"], "sizes": ["300x250"]},
-        {"id": "c-video", "advertiser_domain": "auto.example", "bid_micros": 12_000_000, "formats": ["video"]},
+         "budget_total_micros": 1_000_000_000, "formats": ["banner"], "sizes": ["300x250"]},
+        {"id": "c-video", "advertiser_domain": "auto.example", "bid_micros": 12_000_000,
+         "budget_total_micros": 1_000_000_000, "formats": ["video"]},
     ],
     "dsp-2": [
         {"id": "c-rival", "advertiser_domain": "travel.example", "bid_micros": 5_000_000,
-         "formats": ["banner"], "sizes": ["300x250"]},
+         "budget_total_micros": 1_000_000_000, "formats": ["banner"], "sizes": ["300x250"]},
     ],
 }
 

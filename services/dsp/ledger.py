@@ -2,21 +2,21 @@
 (on the win notice), losses, and billed impressions with their spend (on the
 billing notice, OpenRTB 2.6 §7.2: only billing lets a buyer increment spend).
 
-Spend: a billed impression at a clearing CPM of P micros costs P/1000 micros.
-The ledger keeps the exact sum of billed CPM micros per campaign and reports
-spend as that sum divided by 1000, rounded down, so a campaign's spend is
-exact to the micro however its impressions were priced.
+Spend: a billed impression at a clearing CPM of P micros costs P/1000 micros,
+rounded half away from zero once per impression (pricing_core.money); that
+cost is what pricing_core accrues against the campaign's budget and what the
+counts report, so both agree to the micro.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from pricing_core.engine import BILLED_IMPRESSION, PricingEngine
+from pricing_core.money import impression_cost_micros
 from services.dsp.bidding import NO_BID_REASONS
-from services.dsp.settings import CampaignSettings
 from services.runtime.counting import Tally
 from services.runtime.dedupe import ExpiringMap
 from services.runtime.metrics import ImpressionMetrics
@@ -26,14 +26,11 @@ BILLING_DEDUPE_S = 24 * 3600.0
 
 
 class DspLedger:
-    def __init__(self, instance: str, campaigns: Sequence[CampaignSettings], registry: CollectorRegistry,
-                 clock: Callable[[], float]):
+    def __init__(self, instance: str, engine: PricingEngine, registry: CollectorRegistry, clock: Callable[[], float]):
         self.tally = Tally("dsp", instance, clock)
         self.tally.declare(("bid_requests", "bids", "no_bids", "won", "losses", "billed", "spend_micros"))
         self._clock = clock
-        self._lock = threading.Lock()
-        self._budgets = {c.id: c.budget_total_micros for c in campaigns}
-        self._billed_cpm_micros = {c.id: 0 for c in campaigns}
+        self._engine = engine
         self._wins = ExpiringMap(clock)
         self._billings = ExpiringMap(clock)
         self._impressions = ImpressionMetrics("dsp", registry)
@@ -72,22 +69,18 @@ class DspLedger:
         self.tally.add("losses", reason=str(loss_code), campaign=campaign_id)
         self._losses.inc()
 
-    def record_billing(self, impression_key: str, campaign_id: str, price_micros: int) -> bool:
-        """Accrue one billed impression at a clearing CPM of `price_micros`;
-        idempotent per impression key."""
+    def record_billing(self, impression_key: str, campaign_id: str, campaign_index: int, price_micros: int,
+                       user_key_hash: int | None) -> bool:
+        """Accrue one billed impression at a clearing CPM of `price_micros`
+        through pricing_core (budget, pacing, frequency); idempotent per
+        impression key."""
         if not self._billings.add(impression_key, self._clock() + BILLING_DEDUPE_S):
             return False
-        with self._lock:
-            before = self._billed_cpm_micros[campaign_id] // 1000
-            self._billed_cpm_micros[campaign_id] += price_micros
-            spent = self._billed_cpm_micros[campaign_id] // 1000 - before
+        cost = impression_cost_micros(price_micros)
+        self._engine.accrue(campaign_index, cost, BILLED_IMPRESSION,
+                            user_key_hash=user_key_hash if user_key_hash else None)
         self.tally.add("billed", campaign=campaign_id)
-        self.tally.add("spend_micros", spent, campaign=campaign_id)
+        self.tally.add("spend_micros", cost, campaign=campaign_id)
         self._billed.inc()
-        self._spend.inc(spent)
+        self._spend.inc(cost)
         return True
-
-    def remaining_budget_micros(self, campaign_id: str) -> int:
-        with self._lock:
-            budget = self._budgets[campaign_id]
-            return budget - self._billed_cpm_micros[campaign_id] // 1000 if budget else 1 << 62

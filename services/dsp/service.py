@@ -1,52 +1,55 @@
 """The DSP's gRPC servicer: validate, convert, call the bidder or the ledger,
-convert back. Counting happens in the ledger, pricing in the bidder."""
+convert back. Pricing happens in pricing_core, counting in the ledger."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
 
 from adchain.v1 import bidder_pb2, bidder_pb2_grpc, openrtb_pb2
+from pricing_core.engine import PricingEngine
 from pricing_core.money import micros_to_price
-from services.dsp.bidding import MTYPES, Bidder, placements
+from services.dsp.bidding import MTYPES, Bidder, read_request
 from services.dsp.ledger import DspLedger
-from services.dsp.settings import DspConfig, parse_size
+from services.dsp.settings import DspConfig
 from services.runtime.dedupe import ExpiringMap
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.server import RoleContext, Servicer
 
+log = logging.getLogger(__name__)
+
 
 class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
-    def __init__(self, config: DspConfig, ledger: DspLedger, clock: Callable[[], float],
+    def __init__(self, config: DspConfig, bidder: Bidder, ledger: DspLedger, clock: Callable[[], float],
                  sleep: Callable[[float], None] = time.sleep):
         self._settings = config.dsp
+        self._bidder = bidder
         self._ledger = ledger
-        self._bidder = Bidder(config.campaigns, ledger.remaining_budget_micros)
         self._clock = clock
         self._sleep = sleep
-        # bid id -> campaign id, so notices can be checked against our own bids.
+        # bid id -> (campaign id, user key hash), so notices are checked against
+        # our own bids and billing can update the frequency cap.
         self._bids = ExpiringMap(clock)
 
     def Bid(self, request: openrtb_pb2.BidRequest, context) -> openrtb_pb2.BidResponse:
-        found = placements(request)  # raises before anything is counted
+        bid_context, placements = read_request(request)  # raises before anything is counted
         self._ledger.record_bid_request()
         if self._settings.response_delay_ms:
             self._sleep(self._settings.response_delay_ms / 1000.0)
         bids, nbr = [], 0
-        for placement in found:
-            decision = self._bidder.decide(placement)
+        for decision in self._bidder.decide(bid_context, placements):
             if decision.campaign is None:
                 nbr = nbr or decision.nbr
                 continue
             campaign = decision.campaign
-            targeted = {parse_size(s) for s in campaign.sizes}
-            w, h = next((s for s in placement.sizes if not targeted or s in targeted), (0, 0))
             bid_id = uuid.uuid4().hex
-            self._bids.add(bid_id, self._clock() + self._settings.bid_ttl_s, campaign.id)
+            self._bids.add(bid_id, self._clock() + self._settings.bid_ttl_s, (campaign.id, decision.user_key_hash))
+            w, h = decision.size
             bids.append(openrtb_pb2.Bid(
                 id=bid_id,
-                impid=placement.imp_id,
+                impid=decision.placement.imp_id,
                 price=micros_to_price(decision.bid_micros),
                 adm=campaign.adm,
                 adomain=[campaign.advertiser_domain],
@@ -54,7 +57,7 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
                 crid=campaign.creative_id or f"{campaign.id}-creative",
                 w=w,
                 h=h,
-                mtype=MTYPES[placement.format],
+                mtype=MTYPES[decision.placement.format],
                 nurl=_notice_url(self._settings.seat, "win"),
                 burl=_notice_url(self._settings.seat, "billing"),
                 lurl=_notice_url(self._settings.seat, "loss"),
@@ -71,7 +74,7 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
         )
 
     def NotifyWin(self, request: bidder_pb2.NotifyWinRequest, context) -> bidder_pb2.NotifyWinResponse:
-        campaign_id = self._own_bid(request.bid_id, request.campaign_id)
+        campaign_id, _user = self._own_bid(request.bid_id, request.campaign_id)
         return bidder_pb2.NotifyWinResponse(counted=self._ledger.record_win(request.bid_id, campaign_id))
 
     def NotifyBilling(self, request: bidder_pb2.NotifyBillingRequest, context) -> bidder_pb2.NotifyBillingResponse:
@@ -82,27 +85,30 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
         if request.macros.price_micros < 0:
             raise InvalidArgument("macros.price_micros", "must not be negative")
         # Billing may arrive after the bid is forgotten; the campaign is on the notice.
-        if self._bidder.campaign(request.campaign_id) is None:
+        index = self._bidder.campaign_index(request.campaign_id)
+        if index is None:
             raise NotFound("campaign_id", f"no campaign {request.campaign_id!r} at this DSP")
-        counted = self._ledger.record_billing(request.impression_key, request.campaign_id, request.macros.price_micros)
+        _campaign, user_hash = self._bids.get(request.bid_id, (None, None))
+        counted = self._ledger.record_billing(request.impression_key, request.campaign_id, index,
+                                              request.macros.price_micros, user_hash)
         return bidder_pb2.NotifyBillingResponse(counted=counted)
 
     def NotifyLoss(self, request: bidder_pb2.NotifyLossRequest, context) -> bidder_pb2.NotifyLossResponse:
-        campaign_id = self._own_bid(request.bid_id, request.campaign_id)
+        campaign_id, _user = self._own_bid(request.bid_id, request.campaign_id)
         self._ledger.record_loss(campaign_id, request.macros.loss)
         return bidder_pb2.NotifyLossResponse()
 
     def GetCounts(self, request, context) -> bidder_pb2.BidderServiceGetCountsResponse:
         return bidder_pb2.BidderServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
 
-    def _own_bid(self, bid_id: str, campaign_id: str) -> str:
+    def _own_bid(self, bid_id: str, campaign_id: str) -> tuple[str, int]:
         if not bid_id:
             raise InvalidArgument("bid_id", "is required")
         known = self._bids.get(bid_id)
         if known is None:
             raise NotFound("bid_id", f"no outstanding bid {bid_id!r} at this DSP")
-        if campaign_id and campaign_id != known:
-            raise InvalidArgument("campaign_id", f"bid {bid_id!r} was made for campaign {known!r}")
+        if campaign_id and campaign_id != known[0]:
+            raise InvalidArgument("campaign_id", f"bid {bid_id!r} was made for campaign {known[0]!r}")
         return known
 
 
@@ -115,8 +121,12 @@ def _notice_url(seat: str, kind: str) -> str:
 
 class DspApp:
     def __init__(self, config: DspConfig, context: RoleContext):
-        self.ledger = DspLedger(context.instance, config.campaigns, context.registry, context.clock)
-        servicer = BidderServicer(config, self.ledger, context.clock)
+        engine = PricingEngine([c.spec() for c in config.campaigns], clock=context.clock)
+        # Kernels compile (or load from Numba's cache) now, never on a first request.
+        log.info("%s: pricing kernels ready in %.2fs", context.instance, engine.warm())
+        self.ledger = DspLedger(context.instance, engine, context.registry, context.clock)
+        bidder = Bidder(config.campaigns, config.dsp, engine)
+        servicer = BidderServicer(config, bidder, self.ledger, context.clock)
         self.servicers = [Servicer(
             bidder_pb2_grpc.add_BidderServiceServicer_to_server, servicer, "adchain.v1.BidderService",
             ("Bid", "NotifyWin", "NotifyBilling", "NotifyLoss", "GetCounts"),

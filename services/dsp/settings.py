@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from pricing_core.campaigns import CampaignSpec, validate_specs
 from services.runtime.config import ServerSettings
 
 FORMATS = ("banner", "video", "audio", "native")
@@ -12,13 +13,23 @@ PRICING_MODELS = ("cpm", "vcpm", "cpc")
 
 @dataclasses.dataclass(frozen=True)
 class CampaignSettings:
+    """One campaign as configured; `spec()` is what pricing_core evaluates."""
+
     id: str = ""
     advertiser_domain: str = ""
+    # cpm, vcpm (per thousand viewable impressions) or cpc (per click).
     pricing_model: str = "cpm"
-    # The bid as a CPM, in micros ($6.00 CPM = 6_000_000).
+    # CPM and vCPM: micros per thousand ($6.00 CPM = 6_000_000); CPC: micros per click.
     bid_micros: int = 0
+    # Cap on the CPM-equivalent bid; 0 = the bid itself for CPM, no cap otherwise.
     max_bid_micros: int = 0
     budget_total_micros: int = 0
+    budget_daily_micros: int = 0  # 0 = no daily budget
+    pacing: str = "asap"  # or "even"
+    frequency_cap: int = 0  # impressions per user per window; 0 = none
+    frequency_window_s: int = 86_400
+    # First-price bid shading: the share of the value bid when at = 1.
+    shading_factor: float = 1.0
     creative_id: str = ""
     # Ad markup; OpenRTB 2.6 §4.4 macros are substituted by the exchange.
     adm: str = '<div class="ad"><img src="https://ads.example/creative.png" alt="ad"></div>'
@@ -27,28 +38,28 @@ class CampaignSettings:
     sizes: tuple[str, ...] = ()  # "300x250"
     domains: tuple[str, ...] = ()  # site domain or app bundle
     device_types: tuple[int, ...] = ()  # AdCOM device types
+    countries: tuple[str, ...] = ()  # ISO-3166-1 alpha-3, as OpenRTB geo.country
+    categories: tuple[str, ...] = ()  # IAB content categories of the site or app
+    segments: tuple[str, ...] = ()  # user data segment ids
+    deal_ids: tuple[str, ...] = ()  # bids only on these deals when set
 
     def validate(self, where: str) -> list[str]:
-        problems = []
-        if not self.id:
-            problems.append(f"{where}.id: is required")
-        if not self.advertiser_domain:
-            problems.append(f"{where}.advertiser_domain: is required")
-        if self.pricing_model not in PRICING_MODELS:
-            problems.append(f"{where}.pricing_model: must be one of {', '.join(PRICING_MODELS)}")
-        if self.bid_micros <= 0:
-            problems.append(f"{where}.bid_micros: must be positive")
-        if self.max_bid_micros and self.max_bid_micros < self.bid_micros:
-            problems.append(f"{where}.max_bid_micros: must be at least bid_micros")
-        if self.budget_total_micros < 0:
-            problems.append(f"{where}.budget_total_micros: must not be negative")
-        for fmt in self.formats:
-            if fmt not in FORMATS:
-                problems.append(f"{where}.formats: {fmt!r} is not one of {', '.join(FORMATS)}")
-        for size in self.sizes:
-            if parse_size(size) is None:
-                problems.append(f"{where}.sizes: {size!r} is not WIDTHxHEIGHT")
+        problems = [f"{where}.sizes: {s!r} is not WIDTHxHEIGHT" for s in self.sizes if parse_size(s) is None]
+        # pricing_core states every other rule of a campaign ("campaign[0] 'id': bid_micros must be
+        # non-negative"); report it under the configured path ("campaigns.0.bid_micros must be ...").
+        problems += [f"{where}.{p.split(': ', 1)[-1]}" for p in validate_specs([self.spec()])]
         return problems
+
+    def spec(self) -> CampaignSpec:
+        max_bid = self.max_bid_micros or (self.bid_micros if self.pricing_model == "cpm" else 2**62)
+        return CampaignSpec(
+            id=self.id, advertiser_domain=self.advertiser_domain, pricing_model=self.pricing_model,
+            bid_micros=self.bid_micros, max_bid_micros=max_bid, budget_total_micros=self.budget_total_micros,
+            budget_daily_micros=self.budget_daily_micros, pacing=self.pacing, frequency_cap=self.frequency_cap,
+            frequency_window_s=self.frequency_window_s, shading_factor=self.shading_factor, formats=self.formats,
+            sizes=tuple(size for size in map(parse_size, self.sizes) if size), domains=self.domains, device_types=self.device_types,
+            countries=self.countries, categories=self.categories, segments=self.segments, deal_ids=self.deal_ids,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +72,9 @@ class DspSettings:
     response_delay_ms: float = 0.0
     # How long a bid is remembered for its win or loss notice.
     bid_ttl_s: float = 600.0
+    # Used when the request carries no Imp.metric prediction (OpenRTB 2.6 §3.2.5).
+    default_viewability: float = 0.7
+    default_ctr: float = 0.002
 
     def validate(self, where: str) -> list[str]:
         problems = []

@@ -77,6 +77,11 @@ class LocalChain:
 def start(config_dir: Path = DEFAULTS, run_dir: Path | None = None, host: str = "127.0.0.1",
           timeout_s: float = 60.0) -> LocalChain:
     """Start the whole chain; returns once every role is SERVING."""
+    # Compile pricing_core's kernels into Numba's on-disk cache once, here,
+    # so the roles load them instead of all compiling at once.
+    from pricing_core.engine import warm_kernels
+
+    warm_kernels()
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="adchain-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     tokens = {"signing_key_id": "k1", "keys": [f"k1:{secrets.token_hex(32)}"]}

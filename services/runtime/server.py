@@ -96,13 +96,14 @@ class RunningRole:
 
 
 def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = None,
-          clock: Callable[[], float] = time.time) -> RunningRole:
+          clock: Callable[[], float] = time.time, started: float | None = None) -> RunningRole:
     """Build and start `role` with `settings` (whose `.server` is a
-    ServerSettings). Returns once both ports are bound."""
+    ServerSettings). Returns once both ports are bound. `started` is the
+    perf_counter() reading the start-up time is logged from (default: now)."""
     server_settings: ServerSettings = settings.server
     registry = registry if registry is not None else CollectorRegistry()
     instance = server_settings.name or role.name
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     app = role.build(settings, RoleContext(instance=instance, registry=registry, clock=clock))
 
     methods = tuple(m for s in app.servicers for m in s.methods)
@@ -137,17 +138,17 @@ def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = Non
         _metrics_server=metrics_server,
         _grace_s=server_settings.grace_s,
     )
-    log.info("%s (%s): serving gRPC on %s, metrics on http://%s/metrics, ready in %.2fs",
+    log.info("%s (%s): serving gRPC on %s, metrics on http://%s/metrics, import to ready %.2fs",
              instance, role.name, running.grpc_address, running.metrics_address, time.perf_counter() - started)
     return running
 
 
-def serve(role: Role, settings: Any, ready_file: Path | None = None) -> None:
+def serve(role: Role, settings: Any, ready_file: Path | None = None, started: float | None = None) -> None:
     """Run a role until SIGTERM or SIGINT, then shut down gracefully."""
     stop_requested = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop_requested.set())
-    running = start(role, settings)
+    running = start(role, settings, started=started)
     if ready_file is not None:
         write_ready_file(ready_file, running)
     stop_requested.wait()

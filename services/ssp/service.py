@@ -9,6 +9,7 @@ from adchain.v1 import bidder_pb2_grpc, exchange_pb2, exchange_pb2_grpc
 from services.runtime.delivery import on_delivered
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
+from services.ssp import auction
 from services.ssp.exchange import Exchange
 from services.ssp.ledger import SspLedger
 from services.ssp.settings import SspConfig
@@ -37,6 +38,7 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
 
 class SspApp:
     def __init__(self, config: SspConfig, context: RoleContext):
+        auction.warm()  # the clearing kernel compiles at start, never on a first request
         self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock)
         self._channels = {d.name: grpc.insecure_channel(d.address) for d in config.dsps}
         stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adchain.v1 import bidder_pb2_grpc, openrtb_pb2
 from tests.conftest import start_role
 
-CAMPAIGN = {"id": "c", "advertiser_domain": "a.example", "bid_micros": 1_000_000}
+CAMPAIGN = {"id": "c", "advertiser_domain": "a.example", "bid_micros": 1_000_000, "budget_total_micros": 10**9}
 
 
 def bid_request() -> openrtb_pb2.BidRequest:
