@@ -12,21 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pricing_core.engine import BILLED_IMPRESSION, PricingEngine
 from pricing_core.money import impression_cost_micros
 from services.dsp.bidding import NO_BID_REASONS
 from services.runtime.counting import Tally
 from services.runtime.dedupe import ExpiringMap
-from services.runtime.metrics import ImpressionMetrics
+from services.runtime.metrics import PRICE_BUCKETS_MICROS, ImpressionMetrics
 
 # How long an impression key is remembered for billing idempotence.
 BILLING_DEDUPE_S = 24 * 3600.0
 
 
 class DspLedger:
-    def __init__(self, instance: str, engine: PricingEngine, registry: CollectorRegistry, clock: Callable[[], float]):
+    def __init__(self, instance: str, engine: PricingEngine, registry: CollectorRegistry, clock: Callable[[], float],
+                 max_campaign_labels: int = 50):
         self.tally = Tally("dsp", instance, clock)
         self.tally.declare(("bid_requests", "bids", "no_bids", "won", "losses", "billed", "spend_micros"))
         self._clock = clock
@@ -44,14 +45,28 @@ class DspLedger:
                                registry=registry)
         self._spend = Counter("adchain_dsp_spend_micros", "Spend accrued on billing notices, in micros of the currency.",
                               registry=registry)
+        self._bid_price = Histogram("adchain_dsp_bid_cpm_micros", "Bids made, by CPM-equivalent price in micros.",
+                                    buckets=PRICE_BUCKETS_MICROS, registry=registry)
+        # Cardinality rule: a campaign label only for a bounded campaign set.
+        ids = list(engine.snapshot()["ids"])
+        self._campaign_spend = {}
+        if len(ids) <= max_campaign_labels:
+            per_campaign = Counter("adchain_dsp_campaign_spend_micros",
+                                   "Spend accrued per campaign, in micros (exported while campaigns are few).",
+                                   ["campaign"], registry=registry)
+            self._campaign_spend = {cid: per_campaign.labels(campaign=cid) for cid in ids}
+        exhausted = Gauge("adchain_dsp_budget_exhausted_campaigns", "Campaigns whose total or daily budget is spent.",
+                          registry=registry)
+        exhausted.set_function(lambda: int((engine.snapshot()["exhausted"] != 0).sum()))
 
     def record_bid_request(self) -> None:
         self.tally.add("bid_requests")
         self._bid_requests.inc()
 
-    def record_bid(self, campaign_id: str) -> None:
+    def record_bid(self, campaign_id: str, bid_micros: int) -> None:
         self.tally.add("bids", campaign=campaign_id)
         self._bids.inc()
+        self._bid_price.observe(bid_micros)
 
     def record_no_bid(self, nbr: int) -> None:
         self.tally.add("no_bids", reason=NO_BID_REASONS[nbr])
@@ -83,4 +98,7 @@ class DspLedger:
         self.tally.add("spend_micros", cost, campaign=campaign_id)
         self._billed.inc()
         self._spend.inc(cost)
+        child = self._campaign_spend.get(campaign_id)
+        if child is not None:
+            child.inc(cost)
         return True

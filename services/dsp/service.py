@@ -62,7 +62,7 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
                 burl=_notice_url(self._settings.seat, "billing"),
                 lurl=_notice_url(self._settings.seat, "loss"),
             ))
-            self._ledger.record_bid(campaign.id)
+            self._ledger.record_bid(campaign.id, decision.bid_micros)
         if not bids:
             self._ledger.record_no_bid(nbr)
             return openrtb_pb2.BidResponse(id=request.id, nbr=nbr)
@@ -124,7 +124,8 @@ class DspApp:
         engine = PricingEngine([c.spec() for c in config.campaigns], clock=context.clock)
         # Kernels compile (or load from Numba's cache) now, never on a first request.
         log.info("%s: pricing kernels ready in %.2fs", context.instance, engine.warm())
-        self.ledger = DspLedger(context.instance, engine, context.registry, context.clock)
+        self.ledger = DspLedger(context.instance, engine, context.registry, context.clock,
+                                config.dsp.max_campaign_labels)
         bidder = Bidder(config.campaigns, config.dsp, engine)
         servicer = BidderServicer(config, bidder, self.ledger, context.clock)
         self.servicers = [Servicer(

@@ -75,6 +75,9 @@ class DspSettings:
     # Used when the request carries no Imp.metric prediction (OpenRTB 2.6 §3.2.5).
     default_viewability: float = 0.7
     default_ctr: float = 0.002
+    # Spend is exported per campaign (a `campaign` label) only while the DSP
+    # has at most this many campaigns, so label cardinality stays bounded.
+    max_campaign_labels: int = 50
 
     def validate(self, where: str) -> list[str]:
         problems = []

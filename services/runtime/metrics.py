@@ -76,3 +76,9 @@ class RpcMetrics:
         duration = self._durations.get(method)
         if duration is not None:
             duration.observe(seconds)
+
+# CPM prices in micros of the currency: $0.25 to $50 CPM.
+PRICE_BUCKETS_MICROS = (
+    250_000, 500_000, 1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000, 6_000_000, 8_000_000,
+    10_000_000, 15_000_000, 20_000_000, 30_000_000, 50_000_000,
+)

@@ -72,7 +72,7 @@ class Exchange:
                 no_fill_reason=_NO_FILL[reason],
             ), None)
         winner = candidates[outcome.winner]
-        self._ledger.record_auction_won(winner.seat, winner.bid.cid)
+        self._ledger.record_auction_won(winner.seat, winner.bid.cid, outcome.clearing_price_micros)
         ad = self._ad(bid_request, winner, outcome)
         return Result(exchange_pb2.RequestAdResponse(request_id=request.request_id, ad=ad), winner)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.runtime.counting import Tally
-from services.runtime.metrics import LATENCY_BUCKETS_S, ImpressionMetrics
+from services.runtime.metrics import LATENCY_BUCKETS_S, PRICE_BUCKETS_MICROS, ImpressionMetrics
 
 NO_FILL_REASONS = ("no_bids", "below_floor", "timeout")
 NOTICE_KINDS = ("win", "loss")
@@ -35,6 +35,9 @@ class SspLedger:
         notices = Counter("adchain_ssp_notices", "Win and loss notices, by kind and outcome.", ["kind", "outcome"],
                           registry=registry)
         self._notices = {(k, o): notices.labels(kind=k, outcome=o) for k in NOTICE_KINDS for o in NOTICE_OUTCOMES}
+        self._clearing_price = Histogram("adchain_ssp_clearing_cpm_micros",
+                                         "Auctions cleared, by clearing CPM in micros.",
+                                         buckets=PRICE_BUCKETS_MICROS, registry=registry)
         self.auction_seconds = Histogram("adchain_ssp_auction_duration_seconds",
                                          "Time from ad request to cleared auction.", buckets=LATENCY_BUCKETS_S,
                                          registry=registry)
@@ -51,8 +54,9 @@ class SspLedger:
         self.tally.add("no_fill", reason=reason)
         self._no_fill[reason].inc()
 
-    def record_auction_won(self, seat: str, campaign_id: str) -> None:
+    def record_auction_won(self, seat: str, campaign_id: str, clearing_price_micros: int) -> None:
         self.tally.add("auctions_won", reason=seat, campaign=campaign_id)
+        self._clearing_price.observe(clearing_price_micros)
 
     def record_returned(self, seat: str, campaign_id: str) -> None:
         self.tally.add("returned", reason=seat, campaign=campaign_id)
