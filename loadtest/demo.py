@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,10 +38,12 @@ class Behaviour:
     # Measurable ads that stay in view long enough.
     in_view_share: float = 0.69
     video_share: float = 0.15
+    # From ad return to begin-to-render in a person's browser.
+    render_delay_s: tuple[float, float] = (0.04, 0.25)
 
 
 def run(addresses: Mapping[str, Mapping[str, str]], opportunities: int, seed: int = 7,
-        behaviour: Behaviour = Behaviour(), concurrency: int = 16) -> dict[str, int]:
+        behaviour: Behaviour = Behaviour(), concurrency: int = 64) -> dict[str, int]:
     """Drive `opportunities` ad requests; returns what the client did."""
     done = {"requested": 0, "filled": 0, "rendered": 0, "exposed": 0}
     lock = threading.Lock()
@@ -93,6 +96,7 @@ def _opportunity(rng: random.Random, b: Behaviour, exchange, ad_server, verifier
     did.append("filled")
     if rng.random() < b.abandon_share:
         return did
+    time.sleep(rng.uniform(*b.render_delay_s))  # the browser fetches and lays out the creative
     ad_server.RecordImpression(ad_server_pb2.RecordImpressionRequest(
         token=response.ad.token, user_agent=USER_AGENT, ip=request.device.ip), timeout=5)
     did.append("rendered")

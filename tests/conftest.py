@@ -74,6 +74,10 @@ def start_role(role: str, name: str, data: dict) -> server.RunningRole:
     return server.start(ROLES[role], settings)
 
 
+# Tests render right after the ad returns; the render-speed heuristic has its own tests.
+ADSERVER_DEFAULTS = {"ivt": {"min_render_ms": 0}}
+
+
 def start_chain(dsp_overrides: dict | None = None, ssp_overrides: dict | None = None,
                 adserver_overrides: dict | None = None) -> Chain:
     running: dict[str, server.RunningRole] = {}
@@ -83,8 +87,8 @@ def start_chain(dsp_overrides: dict | None = None, ssp_overrides: dict | None = 
     dsps = [{"name": n, "address": running[n].grpc_address} for n in CAMPAIGNS]
     running["ssp"] = start_role("ssp", "ssp", {"dsps": dsps, "tokens": TOKENS, "exchange": ssp_overrides or {}})
     running["adserver"] = start_role("adserver", "adserver",
-                                     {"dsps": dsps, "tokens": TOKENS, "billing": adserver_overrides or {}})
-    running["verifier"] = start_role("verifier", "verifier", {"tokens": TOKENS})
+                                     {"dsps": dsps, "tokens": TOKENS, **(adserver_overrides or ADSERVER_DEFAULTS)})
+    running["verifier"] = start_role("verifier", "verifier", {"dsps": dsps, "tokens": TOKENS})
     channels = {n: grpc.insecure_channel(r.grpc_address) for n, r in running.items()}
     return Chain(running, channels)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import grpc
 
 from adchain.v1 import ad_server_pb2, ad_server_pb2_grpc, bidder_pb2_grpc
-from services.adserver.billing import BillingNotifier
-from services.adserver.counting import ImpressionCounter
+from services.adserver.counting import FrequencyCaps, ImpressionCounter
+from services.adserver.ivt import InvalidTrafficFilter
 from services.adserver.ledger import AdServerLedger
 from services.adserver.settings import AdServerConfig
+from services.runtime.notices import NoticeSender
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
 
@@ -19,13 +20,24 @@ class AdServerServicer(ad_server_pb2_grpc.AdServerServiceServicer):
         self._ledger = ledger
 
     def RecordImpression(self, request, context) -> ad_server_pb2.RecordImpressionResponse:
-        return ad_server_pb2.RecordImpressionResponse(outcome=self._counter.record_impression(request))
+        outcome, reason = self._counter.record_impression(request)
+        return ad_server_pb2.RecordImpressionResponse(outcome=outcome, reason=reason)
 
     def RecordClick(self, request, context) -> ad_server_pb2.RecordClickResponse:
         return ad_server_pb2.RecordClickResponse(outcome=self._counter.record_click(request))
 
+    def RecordConversion(self, request, context) -> ad_server_pb2.RecordConversionResponse:
+        return ad_server_pb2.RecordConversionResponse(outcome=self._counter.record_conversion(request))
+
+    def RecordVideoEvent(self, request, context) -> ad_server_pb2.RecordVideoEventResponse:
+        return ad_server_pb2.RecordVideoEventResponse(outcome=self._counter.record_video_event(request))
+
     def GetCounts(self, request, context) -> ad_server_pb2.AdServerServiceGetCountsResponse:
         return ad_server_pb2.AdServerServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
+
+    def ListImpressions(self, request, context):
+        for page in self._ledger.journal.pages():
+            yield ad_server_pb2.AdServerServiceListImpressionsResponse(page=page)
 
 
 class AdServerApp:
@@ -33,18 +45,22 @@ class AdServerApp:
         self.ledger = AdServerLedger(context.instance, context.registry, context.clock)
         self._channels = {d.name: grpc.insecure_channel(d.address) for d in config.dsps}
         stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}
-        self.billing = BillingNotifier(stubs, config.billing, self.ledger.record_billing)
-        counter = ImpressionCounter(TokenCodec(config.tokens), self.ledger, frozenset(stubs), self.billing.submit,
-                                    context.clock)
+        self.notices = NoticeSender(stubs, config.billing, self.ledger.record_notice)
+        counter = ImpressionCounter(
+            TokenCodec(config.tokens), self.ledger, frozenset(stubs), InvalidTrafficFilter(config.ivt),
+            FrequencyCaps(config.frequency_caps), self.notices.submit, context.clock,
+        )
         self.servicers = [Servicer(
             ad_server_pb2_grpc.add_AdServerServiceServicer_to_server, AdServerServicer(counter, self.ledger),
-            "adchain.v1.AdServerService", ("RecordImpression", "RecordClick", "GetCounts"),
+            "adchain.v1.AdServerService",
+            ("RecordImpression", "RecordClick", "RecordConversion", "RecordVideoEvent", "GetCounts",
+             "ListImpressions"),
         )]
 
     def start(self) -> None:
-        self.billing.start()
+        self.notices.start()
 
     def close(self, timeout_s: float) -> None:
-        self.billing.close(timeout_s)
+        self.notices.close(timeout_s)
         for channel in self._channels.values():
             channel.close()

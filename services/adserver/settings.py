@@ -1,38 +1,42 @@
-"""The ad server's configuration: where each DSP takes its billing notices,
-how billing notices are retried, and the token keys."""
+"""The ad server's configuration: where each DSP takes its notices, how
+notices are retried, invalid-traffic filtering, frequency caps, token keys."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from services.runtime.config import Peer, ServerSettings, duplicate_names
+from services.adserver.ivt import IvtSettings
+from services.runtime.config import Peer, RetrySettings, ServerSettings, duplicate_names
 from services.runtime.tokens import TokenSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class BillingSettings:
-    # A billing notice the DSP did not take is retried every interval...
-    retry_interval_s: float = 10.0
-    # ...for this long after the first try, then counted as failed.
-    retry_for_s: float = 60.0
-    timeout_ms: int = 1000
+class FrequencyCap:
+    """At most `impressions` counted per viewer per `window_s` for a campaign."""
+
+    campaign: str = ""
+    impressions: int = 0
+    window_s: int = 86_400
 
     def validate(self, where: str) -> list[str]:
         problems = []
-        if self.retry_interval_s <= 0:
-            problems.append(f"{where}.retry_interval_s: must be positive")
-        if self.retry_for_s < 0:
-            problems.append(f"{where}.retry_for_s: must not be negative")
-        if self.timeout_ms <= 0:
-            problems.append(f"{where}.timeout_ms: must be positive")
+        if not self.campaign:
+            problems.append(f"{where}.campaign: is required")
+        if self.impressions < 1:
+            problems.append(f"{where}.impressions: must be at least 1")
+        if self.window_s < 1:
+            problems.append(f"{where}.window_s: must be at least 1")
         return problems
 
 
 @dataclasses.dataclass(frozen=True)
 class AdServerConfig:
     server: ServerSettings = ServerSettings()
-    billing: BillingSettings = BillingSettings()
-    # The DSPs, by seat, that billing notices go to.
+    # Billing and event notices to DSPs (OpenRTB 2.6 burl): every 10 s for a minute by default.
+    billing: RetrySettings = RetrySettings()
+    ivt: IvtSettings = IvtSettings()
+    frequency_caps: tuple[FrequencyCap, ...] = ()
+    # The DSPs, by seat, that notices go to.
     dsps: tuple[Peer, ...] = ()
     tokens: TokenSettings = TokenSettings()
 

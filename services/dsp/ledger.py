@@ -1,24 +1,30 @@
 """Everything the DSP counts, in one place: bid requests, bids, no-bids, wins
 (on the win notice), losses, and billed impressions with their spend (on the
-billing notice, OpenRTB 2.6 §7.2: only billing lets a buyer increment spend).
+billing notice, OpenRTB 2.6 §7.2: only billing lets a buyer increment spend),
+and the viewable, click and conversion events non-CPM campaigns pay on.
 
-Spend: a billed impression at a clearing CPM of P micros costs P/1000 micros,
-rounded half away from zero once per impression (pricing_core.money); that
-cost is what pricing_core accrues against the campaign's budget and what the
-counts report, so both agree to the micro.
+Spend, by pricing model (pricing_core accrues it against the budget):
+- CPM: a billed impression at a clearing CPM of P micros costs P/1000 micros,
+  rounded half away from zero once per impression (pricing_core.money);
+- vCPM: a viewable impression costs the campaign's vCPM/1000, rounded the same way;
+- CPC: a click costs the campaign's CPC bid.
+The cost the ledger reports is the cost it hands pricing_core, so counts and
+budgets agree to the micro.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from pricing_core.engine import BILLED_IMPRESSION, PricingEngine
+from pricing_core.engine import BILLED_IMPRESSION, CLICK, VIEWABLE, PricingEngine
 from pricing_core.money import impression_cost_micros
 from services.dsp.bidding import NO_BID_REASONS
+from services.dsp.settings import CampaignSettings
 from services.runtime.counting import Tally
 from services.runtime.dedupe import ExpiringMap
+from services.runtime.journal import Journal
 from services.runtime.metrics import PRICE_BUCKETS_MICROS, ImpressionMetrics
 
 # How long an impression key is remembered for billing idempotence.
@@ -26,12 +32,16 @@ BILLING_DEDUPE_S = 24 * 3600.0
 
 
 class DspLedger:
-    def __init__(self, instance: str, engine: PricingEngine, registry: CollectorRegistry, clock: Callable[[], float],
-                 max_campaign_labels: int = 50):
+    def __init__(self, instance: str, engine: PricingEngine, campaigns: Sequence[CampaignSettings],
+                 registry: CollectorRegistry, clock: Callable[[], float], max_campaign_labels: int = 50):
         self.tally = Tally("dsp", instance, clock)
-        self.tally.declare(("bid_requests", "bids", "no_bids", "won", "losses", "billed", "spend_micros"))
+        self.tally.declare(("bid_requests", "bids", "no_bids", "won", "losses", "billed", "spend_micros",
+                            "viewable", "clicks", "conversions"))
+        self.journal = Journal(clock=clock)
         self._clock = clock
         self._engine = engine
+        self._campaigns = {c.id: c for c in campaigns}
+        self._events = ExpiringMap(clock)
         self._wins = ExpiringMap(clock)
         self._billings = ExpiringMap(clock)
         self._impressions = ImpressionMetrics("dsp", registry)
@@ -43,8 +53,9 @@ class DspLedger:
         self._losses = Counter("adchain_dsp_losses", "Loss notices received.", registry=registry)
         self._billed = Counter("adchain_dsp_billed_impressions", "Impressions billed (billing notices counted).",
                                registry=registry)
-        self._spend = Counter("adchain_dsp_spend_micros", "Spend accrued on billing notices, in micros of the currency.",
-                              registry=registry)
+        self._spend = Counter("adchain_dsp_spend_micros",
+                              "Spend accrued (billed impressions, viewable impressions or clicks, by pricing model), "
+                              "in micros of the currency.", registry=registry)
         self._bid_price = Histogram("adchain_dsp_bid_cpm_micros", "Bids made, by CPM-equivalent price in micros.",
                                     buckets=PRICE_BUCKETS_MICROS, registry=registry)
         # Cardinality rule: a campaign label only for a bounded campaign set.
@@ -72,11 +83,12 @@ class DspLedger:
         self.tally.add("no_bids", reason=NO_BID_REASONS[nbr])
         self._no_bids[nbr].inc()
 
-    def record_win(self, bid_id: str, campaign_id: str) -> bool:
+    def record_win(self, bid_id: str, impression_key: str, campaign_id: str) -> bool:
         """Count a won impression once per bid; False for a repeated notice."""
         if not self._wins.add(bid_id, self._clock() + BILLING_DEDUPE_S):
             return False
         self.tally.add("won", campaign=campaign_id)
+        self.journal.record(impression_key, "won", campaign_id=campaign_id)
         self._impressions.record("won")
         return True
 
@@ -91,14 +103,41 @@ class DspLedger:
         impression key."""
         if not self._billings.add(impression_key, self._clock() + BILLING_DEDUPE_S):
             return False
-        cost = impression_cost_micros(price_micros)
+        cost = impression_cost_micros(price_micros) if self._model(campaign_id) == "cpm" else 0
         self._engine.accrue(campaign_index, cost, BILLED_IMPRESSION,
                             user_key_hash=user_key_hash if user_key_hash else None)
         self.tally.add("billed", campaign=campaign_id)
-        self.tally.add("spend_micros", cost, campaign=campaign_id)
         self._billed.inc()
+        self._add_spend(campaign_id, cost)
+        return True
+
+    def record_event(self, kind: str, impression_key: str, campaign_id: str, campaign_index: int) -> bool:
+        """Count a viewable, click or conversion once per impression, and
+        accrue what the campaign's pricing model pays on it."""
+        if not self._events.add(f"{impression_key}/{kind}", self._clock() + BILLING_DEDUPE_S):
+            return False
+        campaign = self._campaigns[campaign_id]
+        tally_name = {"viewable": "viewable", "click": "clicks", "conversion": "conversions"}[kind]
+        self.tally.add(tally_name, campaign=campaign_id)
+        if kind == "viewable":
+            cost = impression_cost_micros(campaign.bid_micros) if campaign.pricing_model == "vcpm" else 0
+            self._engine.accrue(campaign_index, cost, VIEWABLE)
+        elif kind == "click":
+            cost = campaign.bid_micros if campaign.pricing_model == "cpc" else 0
+            self._engine.accrue(campaign_index, cost, CLICK)
+        else:
+            cost = 0  # conversions are reported (cost per acquisition), not priced
+        self._add_spend(campaign_id, cost)
+        return True
+
+    def _model(self, campaign_id: str) -> str:
+        return self._campaigns[campaign_id].pricing_model
+
+    def _add_spend(self, campaign_id: str, cost: int) -> None:
+        if not cost:
+            return
+        self.tally.add("spend_micros", cost, campaign=campaign_id)
         self._spend.inc(cost)
         child = self._campaign_spend.get(campaign_id)
         if child is not None:
             child.inc(cost)
-        return True

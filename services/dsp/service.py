@@ -20,6 +20,12 @@ from services.runtime.server import RoleContext, Servicer
 
 log = logging.getLogger(__name__)
 
+EVENT_KINDS = {
+    bidder_pb2.EVENT_KIND_VIEWABLE: "viewable",
+    bidder_pb2.EVENT_KIND_CLICK: "click",
+    bidder_pb2.EVENT_KIND_CONVERSION: "conversion",
+}
+
 
 class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     def __init__(self, config: DspConfig, bidder: Bidder, ledger: DspLedger, clock: Callable[[], float],
@@ -58,6 +64,7 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
                 w=w,
                 h=h,
                 mtype=MTYPES[decision.placement.format],
+                dur=campaign.duration_s if decision.placement.format in ("video", "audio") else 0,
                 nurl=_notice_url(self._settings.seat, "win"),
                 burl=_notice_url(self._settings.seat, "billing"),
                 lurl=_notice_url(self._settings.seat, "loss"),
@@ -75,7 +82,9 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
 
     def NotifyWin(self, request: bidder_pb2.NotifyWinRequest, context) -> bidder_pb2.NotifyWinResponse:
         campaign_id, _user = self._own_bid(request.bid_id, request.campaign_id)
-        return bidder_pb2.NotifyWinResponse(counted=self._ledger.record_win(request.bid_id, campaign_id))
+        impression_key = f"{request.macros.auction_id}:{request.macros.imp_id}"
+        return bidder_pb2.NotifyWinResponse(counted=self._ledger.record_win(request.bid_id, impression_key,
+                                                                            campaign_id))
 
     def NotifyBilling(self, request: bidder_pb2.NotifyBillingRequest, context) -> bidder_pb2.NotifyBillingResponse:
         if not request.impression_key:
@@ -93,6 +102,18 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
                                               request.macros.price_micros, user_hash)
         return bidder_pb2.NotifyBillingResponse(counted=counted)
 
+    def NotifyEvent(self, request: bidder_pb2.NotifyEventRequest, context) -> bidder_pb2.NotifyEventResponse:
+        kind = EVENT_KINDS.get(request.kind)
+        if kind is None:
+            raise InvalidArgument("kind", "must be viewable, click or conversion")
+        if not request.impression_key:
+            raise InvalidArgument("impression_key", "is required: events are idempotent per impression")
+        index = self._bidder.campaign_index(request.campaign_id)
+        if index is None:
+            raise NotFound("campaign_id", f"no campaign {request.campaign_id!r} at this DSP")
+        counted = self._ledger.record_event(kind, request.impression_key, request.campaign_id, index)
+        return bidder_pb2.NotifyEventResponse(counted=counted)
+
     def NotifyLoss(self, request: bidder_pb2.NotifyLossRequest, context) -> bidder_pb2.NotifyLossResponse:
         campaign_id, _user = self._own_bid(request.bid_id, request.campaign_id)
         self._ledger.record_loss(campaign_id, request.macros.loss)
@@ -100,6 +121,10 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
 
     def GetCounts(self, request, context) -> bidder_pb2.BidderServiceGetCountsResponse:
         return bidder_pb2.BidderServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
+
+    def ListImpressions(self, request, context):
+        for page in self._ledger.journal.pages():
+            yield bidder_pb2.BidderServiceListImpressionsResponse(page=page)
 
     def _own_bid(self, bid_id: str, campaign_id: str) -> tuple[str, int]:
         if not bid_id:
@@ -124,13 +149,13 @@ class DspApp:
         engine = PricingEngine([c.spec() for c in config.campaigns], clock=context.clock)
         # Kernels compile (or load from Numba's cache) now, never on a first request.
         log.info("%s: pricing kernels ready in %.2fs", context.instance, engine.warm())
-        self.ledger = DspLedger(context.instance, engine, context.registry, context.clock,
+        self.ledger = DspLedger(context.instance, engine, config.campaigns, context.registry, context.clock,
                                 config.dsp.max_campaign_labels)
         bidder = Bidder(config.campaigns, config.dsp, engine)
         servicer = BidderServicer(config, bidder, self.ledger, context.clock)
         self.servicers = [Servicer(
             bidder_pb2_grpc.add_BidderServiceServicer_to_server, servicer, "adchain.v1.BidderService",
-            ("Bid", "NotifyWin", "NotifyBilling", "NotifyLoss", "GetCounts"),
+            ("Bid", "NotifyWin", "NotifyBilling", "NotifyEvent", "NotifyLoss", "GetCounts", "ListImpressions"),
         )]
 
     def start(self) -> None:

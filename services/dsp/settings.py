@@ -31,6 +31,8 @@ class CampaignSettings:
     # First-price bid shading: the share of the value bid when at = 1.
     shading_factor: float = 1.0
     creative_id: str = ""
+    # Seconds of a video or audio creative (Bid.dur); 0 for display.
+    duration_s: int = 0
     # Ad markup; OpenRTB 2.6 §4.4 macros are substituted by the exchange.
     adm: str = '<div class="ad"><img src="https://ads.example/creative.png" alt="ad"></div>'
     # Targeting; an empty list matches everything.
@@ -48,6 +50,8 @@ class CampaignSettings:
         # pricing_core states every other rule of a campaign ("campaign[0] 'id': bid_micros must be
         # non-negative"); report it under the configured path ("campaigns.0.bid_micros must be ...").
         problems += [f"{where}.{p.split(': ', 1)[-1]}" for p in validate_specs([self.spec()])]
+        if self.duration_s < 0:
+            problems.append(f"{where}.duration_s: must not be negative")
         return problems
 
     def spec(self) -> CampaignSpec:

@@ -94,7 +94,7 @@ def start(config_dir: Path = DEFAULTS, run_dir: Path | None = None, host: str = 
         wiring = {
             "ssp": {"dsps": dsps, "tokens": tokens},
             "adserver": {"dsps": dsps, "tokens": tokens},
-            "verifier": {"tokens": tokens},
+            "verifier": {"dsps": dsps, "tokens": tokens},
         }
         for name, extra in wiring.items():
             chain.processes[name] = _spawn(name, INSTANCES[name], {**_settings(config_dir, name, host), **extra},

@@ -220,3 +220,24 @@ class Peer:
 def duplicate_names(where: str, peers: tuple[Peer, ...]) -> list[str]:
     names = [p.name for p in peers]
     return [f"{where}: duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrySettings:
+    """How notices to another role are retried when it cannot take them."""
+
+    # A notice the receiver did not take is retried every interval...
+    retry_interval_s: float = 10.0
+    # ...for this long after the first try, then counted as failed.
+    retry_for_s: float = 60.0
+    timeout_ms: int = 1000
+
+    def validate(self, where: str) -> list[str]:
+        problems = []
+        if self.retry_interval_s <= 0:
+            problems.append(f"{where}.retry_interval_s: must be positive")
+        if self.retry_for_s < 0:
+            problems.append(f"{where}.retry_for_s: must not be negative")
+        if self.timeout_ms <= 0:
+            problems.append(f"{where}.timeout_ms: must be positive")
+        return problems

@@ -9,13 +9,18 @@ from adchain.v1 import bidder_pb2
 
 MACROS = (
     "AUCTION_ID", "AUCTION_BID_ID", "AUCTION_IMP_ID", "AUCTION_SEAT_ID", "AUCTION_AD_ID", "AUCTION_PRICE",
-    "AUCTION_CURRENCY", "AUCTION_MBR", "AUCTION_LOSS", "AUCTION_MIN_TO_WIN", "AUCTION_IMP_TS",
+    "AUCTION_CURRENCY", "AUCTION_MBR", "AUCTION_LOSS", "AUCTION_MIN_TO_WIN", "AUCTION_MULTIPLIER",
+    "AUCTION_IMP_TS", "AUCTION_DISCOUNT_PCT", "AUCTION_DISCOUNT_CPM",
 )
+# §4.4 best practice: markup rendered for test or ad-quality review carries
+# this wherever a value (the clearing price, say) is not known.
+AUDIT = "AUDIT"
 
 
 def values(macros: bidder_pb2.AuctionMacros) -> dict[str, str]:
     """Macro name -> substituted text. Prices go out as CPMs in the currency
-    unit, as the bid's price was; undisclosed values are the empty string."""
+    unit, as the bid's price was; a value that was not specified is removed
+    (the empty string, §4.4). adchain's exchange gives no discounts."""
     return {
         "AUCTION_ID": macros.auction_id,
         "AUCTION_BID_ID": macros.bid_id,
@@ -27,8 +32,18 @@ def values(macros: bidder_pb2.AuctionMacros) -> dict[str, str]:
         "AUCTION_MBR": _price(macros.mbr_millionths) if macros.HasField("mbr_millionths") else "",
         "AUCTION_LOSS": str(macros.loss),
         "AUCTION_MIN_TO_WIN": _price(macros.min_to_win_micros) if macros.HasField("min_to_win_micros") else "",
+        "AUCTION_MULTIPLIER": (_price(macros.multiplier_millionths) if macros.HasField("multiplier_millionths")
+                               else ""),
         "AUCTION_IMP_TS": str(macros.imp_ts_ms) if macros.imp_ts_ms else "",
+        "AUCTION_DISCOUNT_PCT": "",
+        "AUCTION_DISCOUNT_CPM": "",
     }
+
+
+def audit_values(macros: bidder_pb2.AuctionMacros) -> dict[str, str]:
+    """Values for markup rendered outside an auction (test, ad quality):
+    whatever is unknown becomes AUDIT rather than disappearing."""
+    return {name: value or AUDIT for name, value in values(macros).items()}
 
 
 def substitute(text: str, replacements: Mapping[str, str]) -> str:

@@ -1,7 +1,9 @@
-"""The exchange's gRPC servicer: run the auction, return the ad, and count it
-as returned only once the return to the caller succeeded."""
+"""The exchange's gRPC servicer: run the auction, return the ads, and count
+each as returned only once the return to the caller succeeded."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import grpc
 
@@ -10,7 +12,7 @@ from services.runtime.delivery import on_delivered
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
 from services.ssp import auction
-from services.ssp.exchange import Exchange
+from services.ssp.exchange import Exchange, Placed
 from services.ssp.ledger import SspLedger
 from services.ssp.settings import SspConfig
 
@@ -20,20 +22,37 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
         self._exchange = exchange
         self._ledger = ledger
 
-    def RequestAd(self, request: exchange_pb2.RequestAdRequest, context: grpc.ServicerContext):
-        result = self._exchange.request_ad(request)
-        winner = result.winner
-        if winner is not None:
-            # The SSP counts on ad return: only an ad the caller received.
-            on_delivered(
-                context,
-                delivered=lambda: self._ledger.record_returned(winner.seat, winner.bid.cid),
-                lost=lambda: self._ledger.record_not_returned(winner.seat, winner.bid.cid),
-            )
-        return result.response
+    def RequestAd(self, request, context: grpc.ServicerContext) -> exchange_pb2.RequestAdResponse:
+        response, placed = self._exchange.request_ad(request)
+        self._count_on_return(context, placed)
+        return response
+
+    def RequestAdPod(self, request, context: grpc.ServicerContext) -> exchange_pb2.RequestAdPodResponse:
+        response, placed = self._exchange.request_ad_pod(request)
+        self._count_on_return(context, placed)
+        return response
 
     def GetCounts(self, request, context) -> exchange_pb2.ExchangeServiceGetCountsResponse:
         return exchange_pb2.ExchangeServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
+
+    def ListImpressions(self, request, context):
+        for page in self._ledger.journal.pages():
+            yield exchange_pb2.ExchangeServiceListImpressionsResponse(page=page)
+
+    def _count_on_return(self, context: grpc.ServicerContext, placed: Sequence[Placed]) -> None:
+        """The SSP counts on ad return: only ads the caller received."""
+        if not placed:
+            return
+
+        def returned() -> None:
+            for p in placed:
+                self._ledger.record_returned(p.ad.impression_key, p.winner.seat, p.winner.bid.cid)
+
+        def lost() -> None:
+            for p in placed:
+                self._ledger.record_not_returned(p.ad.impression_key, p.winner.seat, p.winner.bid.cid)
+
+        on_delivered(context, delivered=returned, lost=lost)
 
 
 class SspApp:
@@ -45,7 +64,7 @@ class SspApp:
         exchange = Exchange(config.exchange, stubs, TokenCodec(config.tokens), self.ledger, context.clock)
         self.servicers = [Servicer(
             exchange_pb2_grpc.add_ExchangeServiceServicer_to_server, ExchangeServicer(exchange, self.ledger),
-            "adchain.v1.ExchangeService", ("RequestAd", "GetCounts"),
+            "adchain.v1.ExchangeService", ("RequestAd", "RequestAdPod", "GetCounts", "ListImpressions"),
         )]
 
     def start(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.runtime.config import ServerSettings
+from services.runtime.config import Peer, RetrySettings, ServerSettings, duplicate_names
 from services.runtime.tokens import TokenSettings
 
 
@@ -12,3 +12,10 @@ from services.runtime.tokens import TokenSettings
 class VerifierConfig:
     server: ServerSettings = ServerSettings()
     tokens: TokenSettings = TokenSettings()
+    # Viewable impressions are reported to the DSP that won (vCPM campaigns
+    # pay on them), retried like billing notices.
+    dsps: tuple[Peer, ...] = ()
+    notices: RetrySettings = RetrySettings()
+
+    def validate(self, where: str) -> list[str]:
+        return duplicate_names("dsps", self.dsps)
