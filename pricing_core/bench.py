@@ -278,7 +278,7 @@ def _table(res: dict) -> str:
         ("evaluate, parallel", f"{res['evaluate_parallel_checks_per_s']:.3g} checks/s",
          f"{res['threads']} threads"),
         ("  pairs passing targeting", f"{res['evaluate_candidate_fraction']:.2%}",
-         "the rest pruned by the index or failed set targeting"),
+         "the rest pruned by the targeting index"),
         ("evaluate vs NumPy", f"{res['evaluate_numpy_ratio']:.1f}x", "same pairs, vectorised"),
         ("evaluate vs Python reference", f"{res['evaluate_python_ratio']:.0f}x",
          "200 campaigns"),
