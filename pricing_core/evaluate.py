@@ -34,8 +34,6 @@ N_REASONS = len(REASON_NAMES)
 _MODEL_VCPM = 1   # campaigns.MODEL_VCPM (kept literal: cached kernels freeze globals)
 _MODEL_CPC = 2    # campaigns.MODEL_CPC
 _FIRST_PRICE = 1  # OpenRTB BidRequest.at
-_SET_DIMS = 4  # len(campaigns.SET_DIM_NAMES); the fused pass also reads exactly
-# campaigns.INDEXED_DIMS (four) single-dimension rows
 _SECONDS_PER_DAY = 86400.0
 
 
@@ -80,35 +78,30 @@ def _frequency_count(ft_user, ft_campaign, ft_count, ft_start, user_hash, campai
 
 @kernel()
 def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    index_rows, set_rows, acc, matched):
-    """Opportunity i's targeting as a bitmap over campaigns, 64 per word, written to acc:
-    the AND of its single-dimension accept rows and, per set dimension, of (untargeted OR
-    the postings of each of its values). `matched` [set dims, words] is all zero on entry
-    and on return: postings are ORed into it sparsely, read in one fused pass over the
-    words, then cleared where they were written."""
+                    index_rows, set_rows, acc, tmp):
+    """Opportunity i's targeting as a bitmap over campaigns, 64 per word: the AND of its
+    single-dimension accept rows, then per set dimension the AND with (untargeted OR the
+    postings of each of its values). Returns the array holding the result (acc or tmp)."""
+    n_words = acc.shape[0]
     r0 = index_rows[i, 0]
-    r1 = index_rows[i, 1]
-    r2 = index_rows[i, 2]
-    r3 = index_rows[i, 3]
-    for d in range(_SET_DIMS):
+    for j in range(n_words):
+        acc[j] = index_bits[r0, j]
+    for d in range(1, index_rows.shape[1]):
+        r = index_rows[i, d]
+        for j in range(n_words):
+            acc[j] &= index_bits[r, j]
+    for d in range(set_rows.shape[1]):
+        for j in range(n_words):
+            tmp[j] = acc[j] & untargeted[d, j]
         for k in range(set_rows.shape[2]):
             p = set_rows[i, d, k]
             if p < 0:
                 break
             for e in range(posting_ptr[p], posting_ptr[p + 1]):
-                matched[d, posting_word[e]] |= posting_bits[e]
-    for j in range(acc.shape[0]):
-        acc[j] = (index_bits[r0, j] & index_bits[r1, j] & index_bits[r2, j]
-                  & index_bits[r3, j]
-                  & (untargeted[0, j] | matched[0, j]) & (untargeted[1, j] | matched[1, j])
-                  & (untargeted[2, j] | matched[2, j]) & (untargeted[3, j] | matched[3, j]))
-    for d in range(_SET_DIMS):
-        for k in range(set_rows.shape[2]):
-            p = set_rows[i, d, k]
-            if p < 0:
-                break
-            for e in range(posting_ptr[p], posting_ptr[p + 1]):
-                matched[d, posting_word[e]] = 0
+                j = posting_word[e]
+                tmp[j] |= acc[j] & posting_bits[e]
+        acc, tmp = tmp, acc
+    return acc
 
 
 @kernel()
@@ -126,8 +119,8 @@ def _evaluate_range(lo, hi,
                     reason_counts):
     n_campaigns = len(bid_micros)
     n_words = index_bits.shape[1]
-    words = np.empty(n_words, np.uint64)
-    matched = np.zeros((untargeted.shape[0], n_words), np.uint64)
+    scratch_a = np.empty(n_words, np.uint64)
+    scratch_b = np.empty(n_words, np.uint64)
     now_whole_s = np.int64(now_s)
     for i in range(lo, hi):
         best = -1
@@ -143,8 +136,8 @@ def _evaluate_range(lo, hi,
         floor = floor_micros[i]
         first_price = auction_type[i] == _FIRST_PRICE
         # Targeting is decided whole by the index; only surviving campaigns are visited.
-        _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                        index_rows, set_rows, words, matched)
+        words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
+                                posting_bits, index_rows, set_rows, scratch_a, scratch_b)
         for w in range(n_words):
             word = words[w]
             while word != 0:

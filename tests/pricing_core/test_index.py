@@ -18,11 +18,10 @@ def _index_targeted(specs, opps):
     n_words = ix.bits.shape[1]
     out = []
     for i in range(len(opps)):
-        words = np.empty(n_words, np.uint64)
-        matched = np.zeros((len(ix.untargeted), n_words), np.uint64)
-        ev._targeted_words(i, ix.bits, ix.untargeted, ix.posting_ptr, ix.posting_word,
-                           ix.posting_bits, batch.index_rows, batch.set_rows, words, matched)
-        assert not matched.any(), "postings scratch not cleared for the next opportunity"
+        words = ev._targeted_words(i, ix.bits, ix.untargeted, ix.posting_ptr,
+                                   ix.posting_word, ix.posting_bits, batch.index_rows,
+                                   batch.set_rows, np.empty(n_words, np.uint64),
+                                   np.empty(n_words, np.uint64))
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")
         assert not bits[len(specs):].any(), "index set a bit past the last campaign"
         out.append(set(np.flatnonzero(bits[:len(specs)]).tolist()))
