@@ -49,7 +49,12 @@ def _pick(rng, values, k_max, p=None):
 
 
 def synthetic_campaigns(n: int, seed: int = 7) -> list[CampaignSpec]:
-    """Campaigns shaped like a DSP's book: most target a format, sizes, a few countries."""
+    """Campaigns shaped like a DSP's book, targeting spread over every dimension (share of
+    campaigns that target it): format 85%, sizes 80% (1-3 of 8), country 90% (1-3 of 30,
+    Zipf), device type 60%, category 50% (1-3 of 40), segment 40% (1-4 of 200), domain
+    allowlist 20% (1-20 of 2,000), deal 5%. Pruning comes from combining dimensions, not
+    from any one of them; the share of pairs passing all targeting is reported as
+    evaluate_candidate_fraction."""
     rng = np.random.default_rng(seed)
     zipf_c = 1.0 / np.arange(1, len(COUNTRIES) + 1)
     zipf_c /= zipf_c.sum()
@@ -278,7 +283,7 @@ def _table(res: dict) -> str:
         ("evaluate, parallel", f"{res['evaluate_parallel_checks_per_s']:.3g} checks/s",
          f"{res['threads']} threads"),
         ("  pairs passing targeting", f"{res['evaluate_candidate_fraction']:.2%}",
-         "the rest pruned by the index or failed set targeting"),
+         "the rest pruned by the targeting index"),
         ("evaluate vs NumPy", f"{res['evaluate_numpy_ratio']:.1f}x", "same pairs, vectorised"),
         ("evaluate vs Python reference", f"{res['evaluate_python_ratio']:.0f}x",
          "200 campaigns"),

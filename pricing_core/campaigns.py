@@ -16,11 +16,14 @@ PACING_MODES = ("even", "asap")
 FORMATS = ("banner", "video", "audio", "native")
 
 # Targeting dimensions, in the order of the bitset blocks. The first INDEXED_DIMS are
-# single-valued on an opportunity and go into the targeting index; the rest are sets on
-# both sides (match = non-empty intersection) and are checked per candidate.
+# single-valued on an opportunity (dense accept rows in the targeting index); the rest are
+# sets on both sides (match = non-empty intersection). Every dimension, domains included,
+# is decided by the index; SET_DIM_NAMES orders the index's set dimensions.
 DIM_FORMAT, DIM_SIZE, DIM_DEVICE, DIM_COUNTRY, DIM_CATEGORY, DIM_SEGMENT, DIM_DEAL = range(7)
 DIM_NAMES = ("format", "size", "device_type", "country", "category", "segment", "deal")
 INDEXED_DIMS = 4
+SET_DIM_NAMES = ("category", "segment", "deal", "domain")
+SET_CATEGORY, SET_SEGMENT, SET_DEAL, SET_DOMAIN = range(len(SET_DIM_NAMES))
 
 
 @dataclass(frozen=True)
@@ -192,14 +195,19 @@ class CampaignTable:
             offset += w
         bits = np.zeros((n, offset), np.uint64)
         any_mask = np.zeros(n, np.uint32)
+        entries = []  # per dim: (value ids, campaign ids) of every targeting entry
         for d, dim in enumerate(per_dim):
             vocab = vocabularies[d]
+            value_ids, campaign_ids = [], []
             for i, values in enumerate(dim):
                 if not values:
                     any_mask[i] |= np.uint32(1 << d)
                 for v in values:
                     b = vocab.ids[v]
                     bits[i, dim_start[d] + b // 64] |= np.uint64(1) << np.uint64(b % 64)
+                    value_ids.append(b)
+                    campaign_ids.append(i)
+            entries.append((np.array(value_ids, np.int64), np.array(campaign_ids, np.int64)))
 
         domain_vocab = Vocabulary(d for s in specs for d in s.domains)
         ptr = np.zeros(n + 1, np.int64)
@@ -208,6 +216,24 @@ class CampaignTable:
             ids_list.extend(sorted({domain_vocab.ids[d] for d in s.domains}))
             ptr[i + 1] = len(ids_list)
         adv_vocab = Vocabulary(s.advertiser_domain for s in specs)
+        domain_ids = np.array(ids_list, np.int32)
+        domain_any = np.array([not s.domains for s in specs], np.bool_)
+
+        def untargeted(d):
+            return (any_mask >> np.uint32(d)) & 1 == 1
+
+        def accepts(d):
+            m = np.zeros((n, len(vocabularies[d])), np.bool_)
+            m[entries[d][1], entries[d][0]] = True
+            return m
+
+        index = TargetingIndex.build(
+            n,
+            [(accepts(d), untargeted(d), len(vocabularies[d])) for d in range(INDEXED_DIMS)],
+            [(*entries[d], untargeted(d), len(vocabularies[d]))
+             for d in (DIM_CATEGORY, DIM_SEGMENT, DIM_DEAL)]
+            + [(domain_ids, np.repeat(np.arange(n), np.diff(ptr)), domain_any,
+                len(domain_vocab))])
 
         def col(name, dtype):
             return np.ascontiguousarray([getattr(s, name) for s in specs], dtype=dtype)
@@ -237,10 +263,9 @@ class CampaignTable:
             dim_start=dim_start,
             dim_end=dim_end,
             domain_ptr=ptr,
-            domain_ids=np.array(ids_list, np.int32),
-            domain_any=np.array([not s.domains for s in specs], np.uint8),
-            index=TargetingIndex.build(bits, any_mask, dim_start,
-                                       [len(v) for v in vocabularies[:INDEXED_DIMS]]),
+            domain_ids=domain_ids,
+            domain_any=domain_any.astype(np.uint8),
+            index=index,
         )
 
 

@@ -76,8 +76,9 @@ class PricingEngine:
         if not isinstance(batch, OpportunityBatch):
             batch = OpportunityBatch.encode(generation.table, batch)
         elif batch.feature_bits.shape[1] != generation.table.targeting_bits.shape[1] or \
-                len(batch.index_rows) and batch.index_rows.max() >= len(
-                    generation.table.index.bits):
+                len(batch.index_rows) and (
+                    batch.index_rows.max() >= len(generation.table.index.bits)
+                    or batch.set_rows.max() >= generation.table.index.n_postings):
             raise ValueError("batch was encoded against another campaign table")
         outputs = _evaluate.new_outputs(len(batch))
         day_start_s = float(math.floor(now_s / SECONDS_PER_DAY) * SECONDS_PER_DAY)

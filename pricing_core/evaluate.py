@@ -3,8 +3,9 @@ eCPM bids, plus why the others were not eligible. The DSP's bid decision; reads 
 CampaignTable, the CampaignState and the frequency table, writes only its outputs.
 
 Eligibility, checked in this order (the first failure is the pair's reason):
-targeting (index dimensions, then category / segment / deal sets, then exact domain),
-budget (total, then daily), pacing (flight window, then even pacing), frequency cap, floor.
+targeting (every dimension, exact domains included, decided by the targeting index 64
+campaigns at a time), budget (total, then daily), pacing (flight window, then even pacing),
+frequency cap, floor. Only campaigns that pass targeting are visited one at a time.
 
 Bid as eCPM in micros per thousand: CPM -> bid; vCPM -> bid x predicted viewability;
 CPC -> bid x predicted CTR x 1000; first price -> x shading factor. The float product is
@@ -33,7 +34,6 @@ N_REASONS = len(REASON_NAMES)
 _MODEL_VCPM = 1   # campaigns.MODEL_VCPM (kept literal: cached kernels freeze globals)
 _MODEL_CPC = 2    # campaigns.MODEL_CPC
 _FIRST_PRICE = 1  # OpenRTB BidRequest.at
-_FIRST_SET_DIM = 4  # campaigns.INDEXED_DIMS
 _SECONDS_PER_DAY = 86400.0
 
 
@@ -77,42 +77,50 @@ def _frequency_count(ft_user, ft_campaign, ft_count, ft_start, user_hash, campai
 
 
 @kernel()
-def _domain_allowed(domain_ptr, domain_ids, c, domain):
-    """Exact membership of an opportunity's domain id in campaign c's sorted allowlist."""
-    if domain < 0:
-        return False
-    lo = domain_ptr[c]
-    hi = domain_ptr[c + 1]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        v = domain_ids[mid]
-        if v < domain:
-            lo = mid + 1
-        elif v > domain:
-            hi = mid
-        else:
-            return True
-    return False
+def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, posting_bits,
+                    index_rows, set_rows, acc, tmp):
+    """Opportunity i's targeting as a bitmap over campaigns, 64 per word: the AND of its
+    single-dimension accept rows, then per set dimension the AND with (untargeted OR the
+    postings of each of its values). Returns the array holding the result (acc or tmp)."""
+    n_words = acc.shape[0]
+    r0 = index_rows[i, 0]
+    for j in range(n_words):
+        acc[j] = index_bits[r0, j]
+    for d in range(1, index_rows.shape[1]):
+        r = index_rows[i, d]
+        for j in range(n_words):
+            acc[j] &= index_bits[r, j]
+    for d in range(set_rows.shape[1]):
+        for j in range(n_words):
+            tmp[j] = acc[j] & untargeted[d, j]
+        for k in range(set_rows.shape[2]):
+            p = set_rows[i, d, k]
+            if p < 0:
+                break
+            for e in range(posting_ptr[p], posting_ptr[p + 1]):
+                j = posting_word[e]
+                tmp[j] |= acc[j] & posting_bits[e]
+        acc, tmp = tmp, acc
+    return acc
 
 
 @kernel()
 def _evaluate_range(lo, hi,
-                    index_bits, index_summary, targeting_bits, targeting_any, dim_start,
-                    dim_end, domain_ptr, domain_ids, domain_any,
+                    index_bits, untargeted, posting_ptr, posting_word, posting_bits,
                     pricing_model, bid_micros, max_bid_micros, shading_factor,
                     budget_total_micros, budget_daily_micros, pacing_even, flight_start_s,
                     flight_end_s, frequency_cap, frequency_window_s,
                     spend_micros, daily_spend_micros, exhausted,
                     ft_user, ft_campaign, ft_count, ft_start,
-                    index_rows, feature_bits, opp_domain, floor_micros, user_key_hash,
+                    index_rows, set_rows, floor_micros, user_key_hash,
                     predicted_viewability, predicted_ctr, auction_type,
                     now_s, day_start_s,
                     out_campaign, out_bid, out_second, out_second_bid, out_reason,
                     reason_counts):
     n_campaigns = len(bid_micros)
-    n_index_dims = index_rows.shape[1]
-    n_dims = len(dim_start)
-    n_summary = index_summary.shape[1]
+    n_words = index_bits.shape[1]
+    scratch_a = np.empty(n_words, np.uint64)
+    scratch_b = np.empty(n_words, np.uint64)
     now_whole_s = np.int64(now_s)
     for i in range(lo, hi):
         best = -1
@@ -120,7 +128,6 @@ def _evaluate_range(lo, hi,
         second = -1
         second_bid = np.int64(-1)
         candidates = 0
-        n_target = 0
         n_budget = 0
         n_pacing = 0
         n_frequency = 0
@@ -128,95 +135,72 @@ def _evaluate_range(lo, hi,
         n_eligible = 0
         floor = floor_micros[i]
         first_price = auction_type[i] == _FIRST_PRICE
-        r0 = index_rows[i, 0]
-        for j in range(n_summary):
-            s = index_summary[r0, j]
-            for d in range(1, n_index_dims):
-                s &= index_summary[index_rows[i, d], j]
-            while s != 0:
-                w = np.int64(j * 64 + np.int64(_cttz(s)))
-                s &= s - np.uint64(1)
-                word = index_bits[r0, w]
-                for d in range(1, n_index_dims):
-                    word &= index_bits[index_rows[i, d], w]
-                while word != 0:
-                    c = w * 64 + np.int64(_cttz(word))
-                    word &= word - np.uint64(1)
-                    candidates += 1
-                    # Targeting on set dimensions: any common bit, unless untargeted.
-                    any_mask = targeting_any[c]
-                    ok = True
-                    for d in range(_FIRST_SET_DIM, n_dims):
-                        if (any_mask >> np.uint32(d)) & np.uint32(1):
-                            continue
-                        hit = np.uint64(0)
-                        for k in range(dim_start[d], dim_end[d]):
-                            hit |= targeting_bits[c, k] & feature_bits[i, k]
-                        if hit == 0:
-                            ok = False
-                            break
-                    if ok and domain_any[c] == 0:
-                        ok = _domain_allowed(domain_ptr, domain_ids, c, opp_domain[i])
-                    if not ok:
-                        n_target += 1
-                        continue
-                    # Budget: a campaign bids while any budget remains; the last event
-                    # may overshoot by at most its own price.
-                    daily = budget_daily_micros[c]
-                    if exhausted[c] != 0 or spend_micros[c] >= budget_total_micros[c] or (
-                            daily > 0 and daily_spend_micros[c] >= daily):
-                        n_budget += 1
-                        continue
-                    # Pacing: flight window, then even pacing (spend may not run ahead of
-                    # the elapsed fraction of the day, or of the flight).
-                    fs = flight_start_s[c]
-                    fe = flight_end_s[c]
-                    if fe > 0 and (now_s < fs or now_s >= fe):
+        # Targeting is decided whole by the index; only surviving campaigns are visited.
+        words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
+                                posting_bits, index_rows, set_rows, scratch_a, scratch_b)
+        for w in range(n_words):
+            word = words[w]
+            while word != 0:
+                c = w * 64 + np.int64(_cttz(word))
+                word &= word - np.uint64(1)
+                candidates += 1
+                # Budget: a campaign bids while any budget remains; the last event
+                # may overshoot by at most its own price.
+                daily = budget_daily_micros[c]
+                if exhausted[c] != 0 or spend_micros[c] >= budget_total_micros[c] or (
+                        daily > 0 and daily_spend_micros[c] >= daily):
+                    n_budget += 1
+                    continue
+                # Pacing: flight window, then even pacing (spend may not run ahead of
+                # the elapsed fraction of the day, or of the flight).
+                fs = flight_start_s[c]
+                fe = flight_end_s[c]
+                if fe > 0 and (now_s < fs or now_s >= fe):
+                    n_pacing += 1
+                    continue
+                if pacing_even[c] != 0:
+                    if daily > 0:
+                        fraction = (now_s - day_start_s) / _SECONDS_PER_DAY
+                        paced = np.float64(daily_spend_micros[c]) > np.float64(daily) * fraction
+                    else:
+                        fraction = (now_s - fs) / np.float64(fe - fs)
+                        paced = np.float64(spend_micros[c]) > \
+                            np.float64(budget_total_micros[c]) * fraction
+                    if paced:
                         n_pacing += 1
                         continue
-                    if pacing_even[c] != 0:
-                        if daily > 0:
-                            fraction = (now_s - day_start_s) / _SECONDS_PER_DAY
-                            paced = np.float64(daily_spend_micros[c]) > np.float64(daily) * fraction
-                        else:
-                            fraction = (now_s - fs) / np.float64(fe - fs)
-                            paced = np.float64(spend_micros[c]) > \
-                                np.float64(budget_total_micros[c]) * fraction
-                        if paced:
-                            n_pacing += 1
-                            continue
-                    cap = frequency_cap[c]
-                    if cap > 0 and _frequency_count(
-                            ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
-                            now_whole_s, frequency_window_s[c]) >= cap:
-                        n_frequency += 1
-                        continue
-                    # eCPM, one rounding (floor(x + 0.5)), capped at max bid.
-                    x = np.float64(bid_micros[c])
-                    model = pricing_model[c]
-                    if model == _MODEL_VCPM:
-                        x = x * predicted_viewability[i]
-                    elif model == _MODEL_CPC:
-                        x = x * predicted_ctr[i] * 1000.0
-                    if first_price:
-                        x = x * shading_factor[c]
-                    max_bid = max_bid_micros[c]
-                    if x >= np.float64(max_bid):
-                        bid = max_bid
-                    else:
-                        bid = np.int64(np.floor(x + 0.5))
-                    if bid < floor:
-                        n_floor += 1
-                        continue
-                    n_eligible += 1
-                    if bid > best_bid:
-                        second = best
-                        second_bid = best_bid
-                        best = c
-                        best_bid = bid
-                    elif bid > second_bid:
-                        second = c
-                        second_bid = bid
+                cap = frequency_cap[c]
+                if cap > 0 and _frequency_count(
+                        ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
+                        now_whole_s, frequency_window_s[c]) >= cap:
+                    n_frequency += 1
+                    continue
+                # eCPM, one rounding (floor(x + 0.5)), capped at max bid.
+                x = np.float64(bid_micros[c])
+                model = pricing_model[c]
+                if model == _MODEL_VCPM:
+                    x = x * predicted_viewability[i]
+                elif model == _MODEL_CPC:
+                    x = x * predicted_ctr[i] * 1000.0
+                if first_price:
+                    x = x * shading_factor[c]
+                max_bid = max_bid_micros[c]
+                if x >= np.float64(max_bid):
+                    bid = max_bid
+                else:
+                    bid = np.int64(np.floor(x + 0.5))
+                if bid < floor:
+                    n_floor += 1
+                    continue
+                n_eligible += 1
+                if bid > best_bid:
+                    second = best
+                    second_bid = best_bid
+                    best = c
+                    best_bid = bid
+                elif bid > second_bid:
+                    second = c
+                    second_bid = bid
         out_campaign[i] = best
         out_bid[i] = best_bid if best >= 0 else 0
         out_second[i] = second
@@ -238,7 +222,7 @@ def _evaluate_range(lo, hi,
             reason = REASON_TARGETING
         out_reason[i] = reason
         reason_counts[REASON_NONE] += n_eligible
-        reason_counts[REASON_TARGETING] += n_campaigns - candidates + n_target
+        reason_counts[REASON_TARGETING] += n_campaigns - candidates
         reason_counts[REASON_BUDGET] += n_budget
         reason_counts[REASON_PACING] += n_pacing
         reason_counts[REASON_FREQUENCY] += n_frequency
@@ -277,8 +261,7 @@ def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_
                   outputs) -> tuple:
     """The kernel's argument tuple: plain arrays and scalars, in _evaluate_range order."""
     ix = table.index
-    return (ix.bits, ix.summary, table.targeting_bits, table.targeting_any, table.dim_start,
-            table.dim_end, table.domain_ptr, table.domain_ids, table.domain_any,
+    return (ix.bits, ix.untargeted, ix.posting_ptr, ix.posting_word, ix.posting_bits,
             table.pricing_model, table.bid_micros, table.max_bid_micros, table.shading_factor,
             table.budget_total_micros, table.budget_daily_micros, table.pacing_even,
             table.flight_start_s, table.flight_end_s, table.frequency_cap,
@@ -286,7 +269,7 @@ def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_
             state.spend_micros, state.daily_spend_micros, state.exhausted,
             frequency_table.user_hash, frequency_table.campaign, frequency_table.count,
             frequency_table.window_start_s,
-            batch.index_rows, batch.feature_bits, batch.domain_id, batch.floor_micros,
+            batch.index_rows, batch.set_rows, batch.floor_micros,
             batch.user_key_hash, batch.predicted_viewability, batch.predicted_ctr,
             batch.auction_type, float(now_s), float(day_start_s)) + tuple(outputs)
 

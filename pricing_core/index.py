@@ -1,15 +1,22 @@
-"""Targeting index: per (dimension, value) a two-level bitmap over campaigns, so evaluate
-visits only campaigns that pass format, size, device type and country targeting.
+"""Targeting index: bitmaps over campaigns for every targeting dimension, so evaluate
+decides targeting for 64 campaigns per word operation and visits only the campaigns that
+pass all of it. Work per opportunity is n/64 words per dimension plus the eligible ones.
 
-Row r = row0[d] + v holds the campaigns that accept value v of dimension d (they target v,
-or do not target d at all); row row0[d] + vocab_size[d] holds the untargeted ones only, for
-values the vocabulary does not know. `summary[r, j]` has bit k set when `bits[r, 64*j+k]` is
-non-zero, so the query ANDs summaries first and touches only words that can hold a
-candidate: work grows with candidate campaigns, plus n/4096 summary words per dimension.
+Single-valued dimensions (format, size, device type, country): dense row r = row0[d] + v
+holds the campaigns that accept value v (they target v, or do not target d at all); row
+row0[d] + vocab_size[d] holds the untargeted ones only, for values no campaign targets.
+
+Set dimensions (category, segment, deal, and domain, whose vocabulary is large): a dense
+"untargeted" row per dimension, and per value a sparse postings list of the non-zero words
+of "campaigns that target this value" (`posting_ptr` into `posting_word`/`posting_bits`),
+so memory grows with targeting entries, not with vocabulary x campaigns. An opportunity's
+accepted set on a set dimension is the untargeted row ORed with the postings of each of
+its values (any common value matches); dimensions are ANDed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -23,29 +30,70 @@ def _pack_rows(mask: np.ndarray, n_words: int) -> np.ndarray:
     return np.ascontiguousarray(packed.view(np.uint64).reshape(rows, n_words))
 
 
+def _postings(value: np.ndarray, campaign: np.ndarray, n_values: int):
+    """(value, campaign) pairs -> CSR over values of (word index, word bits), words sorted."""
+    ptr = np.zeros(n_values + 1, np.int64)
+    if len(value) == 0:
+        return ptr, np.zeros(0, np.int32), np.zeros(0, np.uint64)
+    value = value.astype(np.int64)
+    campaign = campaign.astype(np.int64)
+    key = value * (1 << 32) + (campaign >> 6)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    bit = np.left_shift(np.uint64(1), (campaign[order] & 63).astype(np.uint64))
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    words = np.bitwise_or.reduceat(bit, starts)
+    word_value = key[starts] >> 32
+    np.add.at(ptr, word_value + 1, 1)
+    return np.cumsum(ptr), (key[starts] & 0xFFFFFFFF).astype(np.int32), words
+
+
 @dataclass(frozen=True)
 class TargetingIndex:
-    bits: np.ndarray      # uint64 [rows, words]
-    summary: np.ndarray   # uint64 [rows, summary words]
-    row0: np.ndarray      # int32 [indexed dims]
-    vocab_size: np.ndarray  # int32 [indexed dims]
+    bits: np.ndarray          # uint64 [single rows, words]: accept rows, single dims
+    row0: np.ndarray          # int32 [single dims]
+    vocab_size: np.ndarray    # int32 [single dims]
+    untargeted: np.ndarray    # uint64 [set dims, words]
+    posting0: np.ndarray      # int32 [set dims]: posting id of value 0 of each set dim
+    posting_ptr: np.ndarray   # int64 [postings + 1]
+    posting_word: np.ndarray  # int32 [non-zero words]
+    posting_bits: np.ndarray  # uint64 [non-zero words]
+
+    @property
+    def n_postings(self) -> int:
+        return len(self.posting_ptr) - 1
 
     @classmethod
-    def build(cls, targeting_bits, targeting_any, dim_start, vocab_sizes) -> "TargetingIndex":
-        n = targeting_bits.shape[0]
+    def build(cls, n_campaigns: int, single: Sequence[tuple[np.ndarray, np.ndarray, int]],
+              sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]]
+              ) -> "TargetingIndex":
+        """single: per single-valued dim (accepts [n, vocab] bool, untargeted [n] bool,
+        vocab size). sets: per set dim (value ids, campaign ids of those targeting
+        entries, untargeted [n] bool, vocab size)."""
+        n = n_campaigns
         n_words = max(1, (n + 63) // 64)
-        n_summary = max(1, (n_words + 63) // 64)
         masks = []
-        row0 = np.zeros(len(vocab_sizes), np.int32)
-        for d, size in enumerate(vocab_sizes):
+        row0 = np.zeros(len(single), np.int32)
+        for d, (accepts, untargeted, size) in enumerate(single):
             row0[d] = sum(len(m) for m in masks)
-            untargeted = (targeting_any >> np.uint32(d)) & 1 == 1
             m = np.empty((size + 1, n), np.bool_)
-            for v in range(size):
-                word = targeting_bits[:, dim_start[d] + v // 64]
-                m[v] = untargeted | ((word >> np.uint64(v % 64)) & np.uint64(1) == 1)
+            m[:size] = accepts.T | untargeted
             m[size] = untargeted
             masks.append(m)
-        bits = _pack_rows(np.concatenate(masks), n_words)
-        summary = _pack_rows(bits != 0, n_summary)
-        return cls(bits, summary, row0, np.asarray(vocab_sizes, np.int32))
+        bits = _pack_rows(np.concatenate(masks) if masks else np.zeros((0, n), np.bool_),
+                          n_words)
+        untargeted = _pack_rows(np.array([s[2] for s in sets], np.bool_).reshape(
+            len(sets), n), n_words)
+        posting0 = np.zeros(len(sets), np.int32)
+        values, campaigns = [], []
+        offset = 0
+        for d, (value, campaign, _, size) in enumerate(sets):
+            posting0[d] = offset
+            values.append(np.asarray(value, np.int64) + offset)
+            campaigns.append(np.asarray(campaign, np.int64))
+            offset += size
+        ptr, word, wbits = _postings(np.concatenate(values) if values else np.zeros(0),
+                                     np.concatenate(campaigns) if campaigns else np.zeros(0),
+                                     offset)
+        return cls(bits, row0, np.array([s[2] for s in single], np.int32), untargeted,
+                   posting0, ptr, word, wbits)

@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from .campaigns import (DIM_CATEGORY, DIM_COUNTRY, DIM_DEAL, DIM_DEVICE, DIM_FORMAT,
-                        DIM_SEGMENT, DIM_SIZE, INDEXED_DIMS, CampaignTable)
+                        DIM_SEGMENT, DIM_SIZE, INDEXED_DIMS, SET_DIM_NAMES, SET_DOMAIN,
+                        CampaignTable)
 
 AUCTION_FIRST_PRICE = 1   # OpenRTB 2.6 BidRequest.at
 AUCTION_SECOND_PRICE = 2
@@ -43,9 +44,12 @@ class Opportunity:
 @dataclass(frozen=True)
 class OpportunityBatch:
     """Arrays per opportunity. `index_rows[i, d]` is the targeting-index row for indexed
-    dimension d; `feature_bits[i]` uses the table's bitset layout (single-valued dimensions
-    set one bit, or none for a value no campaign targets)."""
+    dimension d; `set_rows[i, s, :]` are the index postings of the opportunity's values on
+    set dimension s (SET_DIM_NAMES order), -1 padded, values no campaign targets left out;
+    `feature_bits[i]` uses the table's bitset layout (single-valued dimensions set one bit,
+    or none for a value no campaign targets)."""
     index_rows: np.ndarray        # int32 [n, INDEXED_DIMS]
+    set_rows: np.ndarray          # int32 [n, len(SET_DIM_NAMES), max values]
     feature_bits: np.ndarray      # uint64 [n, words]
     domain_id: np.ndarray         # int32, -1 = unknown to every campaign
     floor_micros: np.ndarray      # int64
@@ -74,16 +78,28 @@ class OpportunityBatch:
                 bits[i, table.dim_start[d] + b // 64] |= np.uint64(1) << np.uint64(b % 64)
             return b
 
+        postings: list[list[list[int]]] = []
         for i, o in enumerate(opportunities):
             single = (o.format, (o.w, o.h), o.device_type, o.country)
             for d, value in zip((DIM_FORMAT, DIM_SIZE, DIM_DEVICE, DIM_COUNTRY), single):
                 b = set_bit(i, d, value)
                 ids[i, d] = b
                 rows[i, d] = table.index.row0[d] + (b if b >= 0 else table.index.vocab_size[d])
-            for d, values in ((DIM_CATEGORY, o.categories), (DIM_SEGMENT, o.segments),
-                              (DIM_DEAL, o.deal_ids)):
-                for v in values:
-                    set_bit(i, d, v)
+            per_set: list[list[int]] = []
+            for s, (d, values) in enumerate(((DIM_CATEGORY, o.categories),
+                                             (DIM_SEGMENT, o.segments),
+                                             (DIM_DEAL, o.deal_ids))):
+                known = {set_bit(i, d, v) for v in values} - {-1}
+                per_set.append(sorted(int(table.index.posting0[s]) + b for b in known))
+            domain = table.domain_vocabulary.get(o.domain)
+            per_set.append([int(table.index.posting0[SET_DOMAIN]) + domain]
+                           if domain >= 0 else [])
+            postings.append(per_set)
+        width = max([1] + [len(p) for per_set in postings for p in per_set])
+        set_rows = np.full((n, len(SET_DIM_NAMES), width), -1, np.int32)
+        for i, per_set in enumerate(postings):
+            for s, p in enumerate(per_set):
+                set_rows[i, s, :len(p)] = p
         for o in opportunities:
             if o.auction_type not in (AUCTION_FIRST_PRICE, AUCTION_SECOND_PRICE):
                 raise ValueError(f"auction_type must be 1 or 2, got {o.auction_type!r}")
@@ -91,6 +107,7 @@ class OpportunityBatch:
                 raise ValueError(f"floor_micros must be non-negative, got {o.floor_micros}")
         return cls(
             index_rows=rows,
+            set_rows=set_rows,
             feature_bits=bits,
             domain_id=np.array([table.domain_vocabulary.get(o.domain) for o in opportunities],
                                np.int32),

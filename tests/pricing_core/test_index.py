@@ -1,0 +1,53 @@
+import numpy as np
+from hypothesis import given, settings
+
+from pricing_core import evaluate as ev
+from pricing_core.bench import synthetic_campaigns
+from pricing_core.campaigns import CampaignTable
+from pricing_core.opportunities import OpportunityBatch
+from pricing_core.reference import _targeted
+
+from pricing_strategies import campaign_specs, opportunities
+
+
+def _index_targeted(specs, opps):
+    """The campaigns the targeting index lets through, per opportunity, as sets."""
+    table = CampaignTable.from_specs(specs)
+    batch = OpportunityBatch.encode(table, opps)
+    ix = table.index
+    n_words = ix.bits.shape[1]
+    out = []
+    for i in range(len(opps)):
+        words = ev._targeted_words(i, ix.bits, ix.untargeted, ix.posting_ptr,
+                                   ix.posting_word, ix.posting_bits, batch.index_rows,
+                                   batch.set_rows, np.empty(n_words, np.uint64),
+                                   np.empty(n_words, np.uint64))
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+        assert not bits[len(specs):].any(), "index set a bit past the last campaign"
+        out.append(set(np.flatnonzero(bits[:len(specs)]).tolist()))
+    return out
+
+
+def _reference_targeted(specs, opps):
+    return [{c for c, spec in enumerate(specs) if _targeted(spec, o)} for o in opps]
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=campaign_specs(), opps=opportunities())
+def test_index_never_prunes_an_eligible_campaign_and_admits_no_other(specs, opps):
+    assert _index_targeted(specs, opps) == _reference_targeted(specs, opps)
+
+
+@settings(max_examples=25, deadline=None)
+@given(specs=campaign_specs(n_max=300), opps=opportunities(n_max=8))
+def test_index_is_exact_past_one_word(specs, opps):
+    # More than 64 campaigns: postings span several words, some of them empty.
+    assert _index_targeted(specs, opps) == _reference_targeted(specs, opps)
+
+
+def test_postings_hold_only_non_zero_words_in_order():
+    ix = CampaignTable.from_specs(synthetic_campaigns(500)).index
+    assert (ix.posting_bits != 0).all()
+    for p in range(ix.n_postings):
+        words = ix.posting_word[ix.posting_ptr[p]:ix.posting_ptr[p + 1]]
+        assert (np.diff(words) > 0).all()
