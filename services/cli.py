@@ -3,6 +3,7 @@
     adchain serve ROLE --config FILE     serve one role (dsp, ssp, adserver, verifier)
     adchain up [--addresses FILE]        the whole chain as local processes
     adchain demo                         the chain, a short load, the counts per stage
+    adchain reconcile --addresses FILE   the media plan's numbers and the cause of every gap
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=7)
     _chain_options(demo)
 
+    reconcile = commands.add_parser("reconcile", help="read every role's counts and attribute every gap to a cause")
+    reconcile.add_argument("--addresses", type=Path, required=True, help="the file `adchain up --addresses` wrote")
+    reconcile.add_argument("--json", action="store_true", help="print one JSON object")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     args.started = started
-    return {"serve": _serve, "up": _up, "demo": _demo}[args.command](args)
+    return {"serve": _serve, "up": _up, "demo": _demo, "reconcile": _reconcile}[args.command](args)
 
 
 def _chain_options(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +116,17 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         chain.stop()
     print(f"\ndone in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    import json
+
+    from services import reconcile
+
+    addresses = json.loads(args.addresses.read_text())
+    result = reconcile.report(reconcile.read_snapshots(addresses), reconcile.read_journals(addresses))
+    print(json.dumps(result, indent=2) if args.json else reconcile.format_report(result))
     return 0
 
 

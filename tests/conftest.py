@@ -35,11 +35,13 @@ CAMPAIGNS = {
         {"id": "c-display", "advertiser_domain": "brand.example", "bid_micros": 6_000_000,
          "budget_total_micros": 1_000_000_000, "formats": ["banner"], "sizes": ["300x250"]},
         {"id": "c-video", "advertiser_domain": "auto.example", "bid_micros": 12_000_000,
-         "budget_total_micros": 1_000_000_000, "formats": ["video"]},
+         "budget_total_micros": 1_000_000_000, "formats": ["video"], "duration_s": 30},
     ],
     "dsp-2": [
         {"id": "c-rival", "advertiser_domain": "travel.example", "bid_micros": 5_000_000,
          "budget_total_micros": 1_000_000_000, "formats": ["banner"], "sizes": ["300x250"]},
+        {"id": "c-rival-video", "advertiser_domain": "travel.example", "bid_micros": 10_000_000,
+         "budget_total_micros": 1_000_000_000, "formats": ["video"], "duration_s": 15},
     ],
 }
 
@@ -68,8 +70,9 @@ class Chain:
         return verifier_pb2_grpc.VerifierServiceStub(self.channels["verifier"])
 
 
-def start_role(role: str, name: str, data: dict) -> server.RunningRole:
-    data = {**data, "server": {"name": name, "host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "grace_s": 1.0}}
+def start_role(role: str, name: str, data: dict, grpc_port: int = 0) -> server.RunningRole:
+    data = {**data, "server": {"name": name, "host": "127.0.0.1", "grpc_port": grpc_port, "metrics_port": 0,
+                               "grace_s": 1.0}}
     settings = config.from_mapping(ROLES[role].settings_type, data, env={})
     return server.start(ROLES[role], settings)
 

@@ -25,3 +25,35 @@ def test_undisclosed_values_are_the_empty_string():
 def test_prices_are_exact_decimals_of_micros():
     assert values(bidder_pb2.AuctionMacros(price_micros=6_000_000))["AUCTION_PRICE"] == "6"
     assert values(bidder_pb2.AuctionMacros(price_micros=1))["AUCTION_PRICE"] == "0.000001"
+
+
+def test_audit_values_replace_what_is_unknown():
+    from services.ssp.macros import audit_values
+
+    audit = audit_values(bidder_pb2.AuctionMacros(auction_id="A"))
+    assert audit["AUCTION_ID"] == "A"
+    assert audit["AUCTION_PRICE"] == "AUDIT"  # §4.4 best practice for test and ad-quality rendering
+
+
+def test_the_winning_ads_markup_carries_the_auction_values():
+    from tests.conftest import CAMPAIGNS, banner_request, start_chain, stop_chain
+
+    saved = CAMPAIGNS["dsp-1"][0]
+    markup = ("<img src='https://t.example/i?a=${AUCTION_ID}&b=${AUCTION_BID_ID}&i=${AUCTION_IMP_ID}"
+              "&s=${AUCTION_SEAT_ID}&p=${AUCTION_PRICE}&c=${AUCTION_CURRENCY}&m=${AUCTION_MBR}"
+              "&w=${AUCTION_MIN_TO_WIN}&l=${AUCTION_LOSS}&q=${AUCTION_MULTIPLIER}'>")
+    CAMPAIGNS["dsp-1"][0] = {**saved, "adm": markup}
+    try:
+        chain = start_chain()
+    finally:
+        CAMPAIGNS["dsp-1"][0] = saved
+    try:
+        ad = chain.ssp.RequestAd(banner_request(), timeout=5).ad
+        query = dict(part.split("=", 1) for part in ad.adm.split("?", 1)[1].rstrip("'>").split("&"))
+        assert query["a"] == ad.auction_id and query["i"] == "1" and query["s"] == "dsp-1"
+        assert query["b"] and "$" not in query["b"]  # BidResponse.bidid
+        # Second price plus: paid $5.01 on a $6.00 bid; needed only to tie the $5.00 runner-up.
+        assert (query["p"], query["c"], query["m"], query["w"], query["l"]) == ("5.01", "USD", "0.835", "5", "0")
+        assert query["q"] == ""  # no quantity multiplier on the Imp: removed, per §4.4
+    finally:
+        stop_chain(chain)
