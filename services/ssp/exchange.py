@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,17 @@ class Exchange:
         self._tokens = tokens
         self._ledger = ledger
         self._clock = clock
+        self._notices_in_flight = 0
+        self._notices_done = threading.Condition()
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait for win and loss notices still in flight; returns how many
+        did not finish in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._notices_done:
+            while self._notices_in_flight and time.monotonic() < deadline:
+                self._notices_done.wait(deadline - time.monotonic())
+            return self._notices_in_flight
 
     def request_ad(self, request: exchange_pb2.RequestAdRequest) -> tuple[exchange_pb2.RequestAdResponse, list[Placed]]:
         validate(request)
@@ -204,8 +216,15 @@ class Exchange:
             call = stub.NotifyLoss.future(bidder_pb2.NotifyLossRequest(
                 macros=notice, bid_id=candidate.bid.id, campaign_id=candidate.bid.cid, notice_url=url),
                 timeout=timeout_s)
-        call.add_done_callback(lambda f: self._ledger.record_notice(
-            kind, "failed" if f.exception() is not None else "sent"))
+        with self._notices_done:
+            self._notices_in_flight += 1
+        call.add_done_callback(lambda f: self._notice_done(kind, f))
+
+    def _notice_done(self, kind: str, call: grpc.Future) -> None:
+        self._ledger.record_notice(kind, "failed" if call.exception() is not None else "sent")
+        with self._notices_done:
+            self._notices_in_flight -= 1
+            self._notices_done.notify_all()
 
     def _macros(self, bid_request, imp: openrtb_pb2.Imp, candidate: Candidate, loss_code: int,
                 min_to_win: int | None) -> bidder_pb2.AuctionMacros:

@@ -3,6 +3,7 @@ each as returned only once the return to the caller succeeded."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import grpc
@@ -15,6 +16,8 @@ from services.ssp import auction
 from services.ssp.exchange import Exchange, Placed
 from services.ssp.ledger import SspLedger
 from services.ssp.settings import SspConfig
+
+log = logging.getLogger(__name__)
 
 
 class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
@@ -61,7 +64,8 @@ class SspApp:
         self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock)
         self._channels = {d.name: grpc.insecure_channel(d.address) for d in config.dsps}
         stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}
-        exchange = Exchange(config.exchange, stubs, TokenCodec(config.tokens), self.ledger, context.clock)
+        self.exchange = exchange = Exchange(config.exchange, stubs, TokenCodec(config.tokens), self.ledger,
+                                            context.clock)
         self.servicers = [Servicer(
             exchange_pb2_grpc.add_ExchangeServiceServicer_to_server, ExchangeServicer(exchange, self.ledger),
             "adchain.v1.ExchangeService", ("RequestAd", "RequestAdPod", "GetCounts", "ListImpressions"),
@@ -71,5 +75,9 @@ class SspApp:
         pass
 
     def close(self, timeout_s: float) -> None:
+        # Win and loss notices already sent get their answers before the channels close.
+        left = self.exchange.drain(timeout_s)
+        if left:
+            log.warning("%d win/loss notices still in flight at shutdown", left)
         for channel in self._channels.values():
             channel.close()
