@@ -113,3 +113,20 @@ def test_the_dashboard_reads_no_pending_metric():
     # exported cannot give.
     for title, expr in dashboard_queries():
         assert not metric_names(expr) & PENDING_METRICS, title
+
+
+def test_without_a_prometheus_binary_the_chain_goes_on_without_it(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    addresses = {"ssp": {"grpc": "127.0.0.1:1", "metrics": "127.0.0.1:2"}}
+    assert local_prometheus.start(addresses, tmp_path) is None
+    assert "prometheus is not installed" in caplog.text
+
+
+def test_targets_name_each_instance_and_its_role():
+    addresses = {"dsp-1": {"grpc": "127.0.0.1:1", "metrics": "127.0.0.1:2"},
+                 "verifier": {"grpc": "127.0.0.1:3", "metrics": "127.0.0.1:4"},
+                 "prometheus": {"http": "127.0.0.1:5"}}
+    assert local_prometheus.targets(addresses) == [
+        {"targets": ["127.0.0.1:2"], "labels": {"instance": "dsp-1", "role": "dsp"}},
+        {"targets": ["127.0.0.1:4"], "labels": {"instance": "verifier", "role": "verifier"}},
+    ]
