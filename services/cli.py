@@ -1,7 +1,8 @@
 """The `adchain` command.
 
     adchain serve ROLE --config FILE     serve one role (dsp, ssp, adserver, verifier)
-    adchain up [--addresses FILE]        the whole chain as local processes
+    adchain up [--addresses FILE] [--prometheus]
+                                         the whole chain as local processes
     adchain demo                         the chain, a short load, the counts per stage
     adchain reconcile --addresses FILE   the media plan's numbers and the cause of every gap
 """
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     up = commands.add_parser("up", help="start the whole chain locally until Ctrl-C or SIGTERM")
     up.add_argument("--addresses", type=Path, help="write every role's gRPC and metrics address here as JSON")
+    up.add_argument("--prometheus", action="store_true",
+                    help="also start a local Prometheus scraping the chain, with deploy/prometheus/rules loaded")
     _chain_options(up)
 
     demo = commands.add_parser("demo", help="start the chain, drive a short load, print the counts per stage")
@@ -77,9 +80,13 @@ def _up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    chain = local_chain.start(args.config_dir, args.run_dir)
+    chain = local_chain.start(args.config_dir, args.run_dir, prometheus=args.prometheus)
     try:
         _print_addresses(chain)
+        if chain.prometheus is not None:
+            print(f"prometheus {chain.prometheus.url}  (dashboard: deploy/grafana/adchain.json)")
+        elif args.prometheus:
+            print("prometheus is not installed (not on PATH); the chain runs without it", file=sys.stderr)
         if args.addresses:
             chain.write_addresses(args.addresses)
             print(f"addresses written to {args.addresses}")
@@ -133,6 +140,8 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _print_addresses(chain) -> None:
     print(f"{'role':<10}{'gRPC':<22}metrics")
     for name, where in chain.addresses().items():
+        if "grpc" not in where:
+            continue  # prometheus, printed on its own
         print(f"{name:<10}{where['grpc']:<22}http://{where['metrics']}/metrics")
 
 

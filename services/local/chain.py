@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.local import prometheus as local_prometheus
+
 log = logging.getLogger(__name__)
 
 DEFAULTS = Path(__file__).resolve().parent
@@ -48,9 +50,19 @@ class Process:
 class LocalChain:
     processes: dict[str, Process]
     run_dir: Path
+    prometheus: local_prometheus.LocalPrometheus | None = None
 
     def addresses(self) -> dict[str, dict[str, str]]:
-        return {name: {"grpc": p.grpc, "metrics": p.metrics} for name, p in self.processes.items()}
+        found = {name: {"grpc": p.grpc, "metrics": p.metrics} for name, p in self.processes.items()}
+        if self.prometheus is not None:
+            found["prometheus"] = {"http": self.prometheus.address}
+        return found
+
+    def start_prometheus(self, interval_s: float = 1.0) -> local_prometheus.LocalPrometheus | None:
+        """A local Prometheus scraping every role, with the shipped rules;
+        None (and a warning) when the binary is not installed."""
+        self.prometheus = local_prometheus.start(self.addresses(), self.run_dir, interval_s=interval_s)
+        return self.prometheus
 
     def write_addresses(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -59,7 +71,10 @@ class LocalChain:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM front to back (the exchange first, DSPs last, so notices
-        still in flight find their receivers), then wait; kill stragglers."""
+        still in flight find their receivers), then wait; kill stragglers.
+        Prometheus, if any, stops first so it records no role as down."""
+        if self.prometheus is not None:
+            self.prometheus.stop(timeout_s)
         order = ["ssp", "adserver", "verifier", *DSPS]
         for name in order:
             process = self.processes.get(name)
@@ -75,8 +90,9 @@ class LocalChain:
 
 
 def start(config_dir: Path = DEFAULTS, run_dir: Path | None = None, host: str = "127.0.0.1",
-          timeout_s: float = 60.0) -> LocalChain:
-    """Start the whole chain; returns once every role is SERVING."""
+          timeout_s: float = 60.0, prometheus: bool = False) -> LocalChain:
+    """Start the whole chain; returns once every role is SERVING (and, with
+    `prometheus`, a local Prometheus scraping it is ready, if installed)."""
     # Compile pricing_core's kernels into Numba's on-disk cache once, here,
     # so the roles load them instead of all compiling at once.
     from pricing_core.engine import warm_kernels
@@ -102,6 +118,8 @@ def start(config_dir: Path = DEFAULTS, run_dir: Path | None = None, host: str = 
         _wait_ready([chain.processes[n] for n in wiring], timeout_s)
         for process in chain.processes.values():
             _wait_serving(process, timeout_s)
+        if prometheus:
+            chain.start_prometheus()
     except BaseException:
         chain.stop(timeout_s=5.0)
         raise
