@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
-
-from adchain.v1 import ad_server_pb2, ad_server_pb2_grpc, bidder_pb2_grpc
+from adchain.v1 import ad_server_pb2, ad_server_pb2_grpc
 from services.adserver.counting import FrequencyCaps, ImpressionCounter
 from services.adserver.ivt import InvalidTrafficFilter
 from services.adserver.ledger import AdServerLedger
 from services.adserver.settings import AdServerConfig
 from services.runtime.notices import NoticeSender
+from services.runtime.peers import BidderPeers
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
 
@@ -43,8 +42,8 @@ class AdServerServicer(ad_server_pb2_grpc.AdServerServiceServicer):
 class AdServerApp:
     def __init__(self, config: AdServerConfig, context: RoleContext):
         self.ledger = AdServerLedger(context.instance, context.registry, context.clock)
-        self._channels = {d.name: grpc.insecure_channel(d.address) for d in config.dsps}
-        stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}
+        self._dsps = BidderPeers(config.dsps)
+        stubs = self._dsps.stubs
         self.notices = NoticeSender(stubs, config.billing, self.ledger.record_notice)
         counter = ImpressionCounter(
             TokenCodec(config.tokens), self.ledger, frozenset(stubs), InvalidTrafficFilter(config.ivt),
@@ -62,5 +61,4 @@ class AdServerApp:
 
     def close(self, timeout_s: float) -> None:
         self.notices.close(timeout_s)
-        for channel in self._channels.values():
-            channel.close()
+        self._dsps.close()

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from adchain.v1 import bidder_pb2_grpc, exchange_pb2, exchange_pb2_grpc
+from adchain.v1 import exchange_pb2, exchange_pb2_grpc
 from services.runtime.delivery import on_delivered
+from services.runtime.peers import BidderPeers
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
 from services.ssp import auction
@@ -62,8 +63,8 @@ class SspApp:
     def __init__(self, config: SspConfig, context: RoleContext):
         auction.warm()  # the clearing kernel compiles at start, never on a first request
         self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock)
-        self._channels = {d.name: grpc.insecure_channel(d.address) for d in config.dsps}
-        stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}
+        self._dsps = BidderPeers(config.dsps)
+        stubs = self._dsps.stubs
         self.exchange = exchange = Exchange(config.exchange, stubs, TokenCodec(config.tokens), self.ledger,
                                             context.clock)
         self.servicers = [Servicer(
@@ -79,5 +80,4 @@ class SspApp:
         left = self.exchange.drain(timeout_s)
         if left:
             log.warning("%d win/loss notices still in flight at shutdown", left)
-        for channel in self._channels.values():
-            channel.close()
+        self._dsps.close()

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter
 
-from adchain.v1 import bidder_pb2, bidder_pb2_grpc, token_pb2, verifier_pb2, verifier_pb2_grpc
+from adchain.v1 import bidder_pb2, token_pb2, verifier_pb2, verifier_pb2_grpc
 from services.runtime.counting import Tally
 from services.runtime.dedupe import ExpiringMap
 from services.runtime.errors import InvalidArgument
 from services.runtime.journal import Journal
 from services.runtime.metrics import ImpressionMetrics
 from services.runtime.notices import NoticeSender
+from services.runtime.peers import BidderPeers
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TOKEN_REJECT_REASONS, TokenCodec, TokenError
 from services.verifier import viewability
@@ -143,8 +143,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
 class VerifierApp:
     def __init__(self, config: VerifierConfig, context: RoleContext):
         self.ledger = VerifierLedger(context.instance, context.registry, context.clock)
-        self._channels = {d.name: grpc.insecure_channel(d.address) for d in config.dsps}
-        stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}
+        self._dsps = BidderPeers(config.dsps)
+        stubs = self._dsps.stubs
         self.notices = NoticeSender(stubs, config.notices, self.ledger.record_notice)
         # A token naming a DSP the verifier does not know is still measured; only the notice is skipped.
         notify = (lambda seat, kind, notice: self.notices.submit(seat, kind, notice) if seat in stubs else None)
@@ -160,5 +160,4 @@ class VerifierApp:
 
     def close(self, timeout_s: float) -> None:
         self.notices.close(timeout_s)
-        for channel in self._channels.values():
-            channel.close()
+        self._dsps.close()
