@@ -3,7 +3,8 @@
     adchain serve ROLE --config FILE     serve one role (dsp, ssp, adserver, verifier)
     adchain up [--addresses FILE] [--prometheus]
                                          the whole chain as local processes
-    adchain demo                         the chain, a short load, the counts per stage
+    adchain loadtest SCENARIO            play a scenario's world through the chain and report
+    adchain demo                         the chain, seed-example at a small scale, the report
     adchain reconcile --addresses FILE   the media plan's numbers and the cause of every gap
 """
 
@@ -37,10 +38,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="also start a local Prometheus scraping the chain, with deploy/prometheus/rules loaded")
     _chain_options(up)
 
-    demo = commands.add_parser("demo", help="start the chain, drive a short load, print the counts per stage")
-    demo.add_argument("--opportunities", type=int, default=3000, help="ad requests to send (default 3000)")
+    loadtest = commands.add_parser("loadtest", help="play a scenario through the chain and report the discrepancies")
+    loadtest.add_argument("scenario", help="a shipped scenario's name (loadtest/scenarios/NAME.toml) or a TOML path")
+    loadtest.add_argument("--addresses", type=Path, help="run against this chain (the file `adchain up --addresses` "
+                                                         "writes); default: start a local chain set up by the scenario")
+    loadtest.add_argument("--scale", type=float, default=0.001, help="factor on the scenario's volume (default 0.001)")
+    loadtest.add_argument("--seed", type=int, default=1)
+    loadtest.add_argument("--duration", type=float, help="stop starting opportunities after this many seconds")
+    loadtest.add_argument("--max-opportunities", type=int, help="at most this many opportunities")
+    loadtest.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    loadtest.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
+    loadtest.add_argument("--run-dir", type=Path, help="where the local chain's configs and logs go")
+
+    demo = commands.add_parser("demo", help="start the chain, run seed-example at a small scale, print the report")
+    demo.add_argument("--scale", type=float, default=0.001, help="factor on seed-example's 5.2M opportunities")
     demo.add_argument("--seed", type=int, default=7)
-    _chain_options(demo)
+    demo.add_argument("--run-dir", type=Path, help="where the local chain's configs and logs go")
 
     reconcile = commands.add_parser("reconcile", help="read every role's counts and attribute every gap to a cause")
     reconcile.add_argument("--addresses", type=Path, required=True, help="the file `adchain up --addresses` wrote")
@@ -49,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     args.started = started
-    return {"serve": _serve, "up": _up, "demo": _demo, "reconcile": _reconcile}[args.command](args)
+    commands_by_name = {"serve": _serve, "up": _up, "loadtest": _loadtest, "demo": _demo, "reconcile": _reconcile}
+    return commands_by_name[args.command](args)
 
 
 def _chain_options(parser: argparse.ArgumentParser) -> None:
@@ -103,25 +117,44 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    """Exit 0 when the run met the scenario's expectations, 1 when not, 2
+    when the scenario or the addresses file is unusable."""
+    import json
+
+    from loadtest import report, scenario
+    from loadtest.run import run
+
+    log = logging.getLogger("adchain.loadtest")
+    try:
+        world = scenario.load(args.scenario)
+        addresses = json.loads(args.addresses.read_text()) if args.addresses else None
+    except (scenario.ScenarioError, FileNotFoundError, OSError, ValueError) as error:
+        log.error("%s", error)
+        return 2
+    if args.scale <= 0:
+        log.error("--scale must be positive")
+        return 2
+    result = run(world, scale=args.scale, seed=args.seed, addresses=addresses, max_duration_s=args.duration,
+                 max_opportunities=args.max_opportunities, run_dir=args.run_dir)
+    print(report.to_json(result) if args.json else report.table(result), flush=True)
+    if args.html:
+        args.html.write_text(report.to_html(result))
+        if not args.json:
+            print(f"HTML report written to {args.html}")
+    return 0 if result["passed"] else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from loadtest import demo
-    from services import reconcile
-    from services.local import chain as local_chain
+    from loadtest import report, scenario
+    from loadtest.run import run
 
     started = time.monotonic()
-    chain = local_chain.start(args.config_dir, args.run_dir)
-    try:
-        _print_addresses(chain)
-        print(f"\ndriving {args.opportunities:,} ad opportunities through the chain...", flush=True)
-        done = demo.run(chain.addresses(), args.opportunities, seed=args.seed)
-        time.sleep(0.5)  # let win notices in flight land before reading counts
-        counts = reconcile.chain_counts(reconcile.read_snapshots(chain.addresses()))
-        print(f"client: {done['requested']:,} requested, {done['filled']:,} filled, {done['rendered']:,} rendered, "
-              f"{done['exposed']:,} reported by the verification tag\n")
-        print("counts read from the services:")
-        print(reconcile.format_stage_table(counts))
-    finally:
-        chain.stop()
+    world = scenario.load("seed-example")
+    print(f"starting the chain and playing seed-example at scale {args.scale:g} "
+          f"({round(world.traffic.opportunities * args.scale):,} opportunities)...", flush=True)
+    result = run(world, scale=args.scale, seed=args.seed, run_dir=args.run_dir)
+    print(report.table(result))
     print(f"\ndone in {time.monotonic() - started:.1f}s")
     return 0
 

@@ -4,6 +4,7 @@ convert back. Pricing happens in pricing_core, counting in the ledger."""
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -29,8 +30,9 @@ EVENT_KINDS = {
 
 class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     def __init__(self, config: DspConfig, bidder: Bidder, ledger: DspLedger, clock: Callable[[], float],
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         self._settings = config.dsp
+        self._rng = rng or random.Random(config.dsp.response_delay_seed)
         self._bidder = bidder
         self._ledger = ledger
         self._clock = clock
@@ -42,8 +44,9 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     def Bid(self, request: openrtb_pb2.BidRequest, context) -> openrtb_pb2.BidResponse:
         bid_context, placements = read_request(request)  # raises before anything is counted
         self._ledger.record_bid_request()
-        if self._settings.response_delay_ms:
-            self._sleep(self._settings.response_delay_ms / 1000.0)
+        delay_ms = self._settings.draw_response_delay_ms(self._rng)
+        if delay_ms:
+            self._sleep(delay_ms / 1000.0)
         bids, nbr = [], 0
         for decision in self._bidder.decide(bid_context, placements):
             if decision.campaign is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 from pricing_core.campaigns import CampaignSpec, validate_specs
 from services.runtime.config import ServerSettings
@@ -74,6 +75,12 @@ class DspSettings:
     # Time added before answering a bid request: the DSP's network and
     # decision latency, so a slow buyer really misses tmax.
     response_delay_ms: float = 0.0
+    # A tail on top of it: each bid request waits an extra exponentially
+    # distributed time with this mean, so a buyer can miss tmax some of the
+    # time, as real ones do; 0 = a fixed delay. Drawn from a source seeded
+    # with response_delay_seed.
+    response_jitter_ms: float = 0.0
+    response_delay_seed: int = 0
     # How long a bid is remembered for its win or loss notice.
     bid_ttl_s: float = 600.0
     # Used when the request carries no Imp.metric prediction (OpenRTB 2.6 §3.2.5).
@@ -83,12 +90,19 @@ class DspSettings:
     # has at most this many campaigns, so label cardinality stays bounded.
     max_campaign_labels: int = 50
 
+    def draw_response_delay_ms(self, rng: random.Random) -> float:
+        """One bid request's delay: the fixed part plus the exponential tail."""
+        tail = rng.expovariate(1.0 / self.response_jitter_ms) if self.response_jitter_ms else 0.0
+        return self.response_delay_ms + tail
+
     def validate(self, where: str) -> list[str]:
         problems = []
         if not self.seat:
             problems.append(f"{where}.seat: is required")
         if self.response_delay_ms < 0:
             problems.append(f"{where}.response_delay_ms: must not be negative")
+        if self.response_jitter_ms < 0:
+            problems.append(f"{where}.response_jitter_ms: must not be negative")
         return problems
 
 

@@ -46,11 +46,11 @@ def test_up_writes_addresses_serves_every_role_and_stops_on_sigterm(tmp_path):
 
 def test_demo_prints_the_stage_table_from_the_services(tmp_path):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "services", "demo", "--opportunities", "400",
+    result = subprocess.run([sys.executable, "-m", "services", "demo", "--scale", "0.0005",
                              "--run-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert time.monotonic() - started < 60
-    rows = re.findall(r"^(won|returned|rendered|measurable|viewable)\s+\w+\s+([\d,]+)", result.stdout, re.M)
+    rows = re.findall(r"^\s*(won|returned|rendered|measurable|viewable)\s+\w+\s+([\d,]+)", result.stdout, re.M)
     table = {stage: int(count.replace(",", "")) for stage, count in rows}
     assert list(table) == ["won", "returned", "rendered", "measurable", "viewable"]
     assert table["won"] >= table["returned"] >= table["rendered"] >= table["measurable"] >= table["viewable"] > 0

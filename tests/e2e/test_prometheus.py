@@ -20,6 +20,8 @@ How exact each comparison is, and why:
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
 import signal
@@ -31,7 +33,8 @@ import urllib.request
 
 import pytest
 
-from loadtest import demo
+from loadtest import scenario
+from loadtest.run import run as run_load
 from services.local import prometheus as local_prometheus
 from services.reconcile import STAGES, chain_counts, read_snapshots
 from services.runtime.counting import total
@@ -81,6 +84,14 @@ def services_counts(chain) -> tuple[dict[str, int], int]:
     return chain_counts(snapshots).stages, spend
 
 
+def load_world() -> scenario.Scenario:
+    """seed-example's world, kept to what the test chain's DSPs buy."""
+    world = scenario.load("seed-example")
+    placements = (dataclasses.replace(world.traffic.placements[0], sizes=((300, 250),), share=1.0),)
+    return dataclasses.replace(world, traffic=dataclasses.replace(world.traffic, placements=placements,
+                                                                  concurrency=8))
+
+
 def test_recording_rules_match_the_services_counts_and_every_dashboard_query_has_data(observed):
     chain, prometheus = observed
 
@@ -90,8 +101,8 @@ def test_recording_rules_match_the_services_counts_and_every_dashboard_query_has
                     and len(query(prometheus, "adchain_impressions_total")) == 6
                     and len(query(prometheus, "adchain_dsp_spend_micros_total")) == 2, timeout_s=30, interval_s=0.2)
 
-    done = demo.run(chain.addresses(), OPPORTUNITIES, seed=11)
-    assert done["exposed"] > 0
+    run_load(load_world(), scale=0.001, seed=11, addresses=chain.addresses(), max_opportunities=OPPORTUNITIES,
+             progress=io.StringIO())
 
     # Notices (wins, billing) land after the client is done: wait until the
     # services' counts hold still, then until Prometheus has scraped them.

@@ -1,0 +1,294 @@
+"""The clients: what a page, app or player does with one opportunity, through
+the chain's real RPCs, and the driver that runs many of them at once.
+
+A client asks the exchange for an ad under its own gRPC deadline, waits a
+human render delay (or a bot's few milliseconds), fires the begin-to-render
+beacon with its user agent and IP, lets the verification tag report its
+measurement method and in-view samples, and clicks. A client that abandons,
+is ad-blocked or prefetched never fires the beacon; a late one fires it after
+the token expired; a retrying one fires it twice. Each action and its reason
+goes into the ground truth.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, exchange_pb2, exchange_pb2_grpc, openrtb_pb2,
+                        verifier_pb2, verifier_pb2_grpc)
+from loadtest.truth import BOT_CAUSE, Record, Truth
+from loadtest.world import Opportunity
+
+MTYPE_VIDEO = 2
+# Bots do not wait for layout: known agents and data-center bots render in
+# 5-60 ms, bots that look human in 2-20 ms (the SIVT fast-render signal).
+BOT_RENDER_DELAY_MS = {"bot_known_agent": (5.0, 60.0), "bot_datacenter": (5.0, 60.0), "bot_human_like": (2.0, 20.0)}
+RPC_TIMEOUT_S = 10.0
+OUTCOME_NAMES = {v: k.removeprefix("EVENT_OUTCOME_") for k, v in ad_server_pb2.EventOutcome.items()}
+
+
+class Clients:
+    """The RPC stubs every client shares, and the actions they take."""
+
+    def __init__(self, addresses: Mapping[str, Mapping[str, str]], truth: Truth, seed: int,
+                 sample_interval_ms: tuple[int, int] = (100, 200), auction_type: int = 0, tmax_ms: int = 0):
+        self._channels = [grpc.insecure_channel(addresses[n]["grpc"]) for n in ("ssp", "adserver", "verifier")]
+        self.exchange = exchange_pb2_grpc.ExchangeServiceStub(self._channels[0])
+        self.ad_server = ad_server_pb2_grpc.AdServerServiceStub(self._channels[1])
+        self.verifier = verifier_pb2_grpc.VerifierServiceStub(self._channels[2])
+        self.truth = truth
+        self._seed = seed
+        self._interval = sample_interval_ms
+        self._auction_type = auction_type
+        self._tmax_ms = tmax_ms
+        self.latencies_ms: list[float] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def request(self, op: Opportunity) -> tuple[Record, exchange_pb2.Ad | None]:
+        """The ad call, under the page's own deadline."""
+        record = Record(key=op.request_id, user_kind=op.user.kind, pod_break=op.pod.break_name if op.pod else "")
+        started = time.perf_counter()
+        try:
+            response = self.exchange.RequestAd(ad_request(op, self._auction_type, self._tmax_ms),
+                                               timeout=op.deadline_ms / 1000.0)
+        except grpc.RpcError as error:
+            code = error.code()
+            record.request = "deadline_expired" if code == grpc.StatusCode.DEADLINE_EXCEEDED else f"error_{code.name}"
+            response = None
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        with self._lock:
+            self.latencies_ms.append(elapsed_ms)
+        if response is None:
+            return record, None
+        if not response.HasField("ad"):
+            record.request = "no_fill_" + exchange_pb2.NoFillReason.Name(response.no_fill_reason).removeprefix(
+                "NO_FILL_REASON_").lower()
+            return record, None
+        record.request = "returned"
+        record.key = response.ad.impression_key
+        return record, response.ad
+
+    def render(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> bool:
+        """The begin-to-render beacon (and its retry); True when the tag runs next."""
+        beacon = ad_server_pb2.RecordImpressionRequest(token=ad.token, user_agent=op.user.user_agent, ip=op.user.ip)
+        try:
+            answer = self.ad_server.RecordImpression(beacon, timeout=RPC_TIMEOUT_S).outcome
+            record.render_answer = OUTCOME_NAMES.get(answer, str(answer))
+        except grpc.RpcError as error:
+            record.render_answer = f"error_{error.code().name}"
+        if op.user.kind != "human":
+            record.render = BOT_CAUSE[op.user.kind]
+        elif op.late:
+            record.render = "late_pixel"
+        else:
+            record.render = "rendered" if not record.render_answer.startswith("error") else "render_failed"
+        if op.retry:
+            # The client did not see the acknowledgement and fires again.
+            try:
+                self.ad_server.RecordImpression(beacon, timeout=RPC_TIMEOUT_S)
+                record.duplicates_sent += 1
+            except grpc.RpcError:
+                pass
+        # Bots fetch the pixel but never run the verification tag; a player
+        # reporting late has lost its session, and its tag with it.
+        return record.render == "rendered"
+
+    def report_exposure(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
+        rng = random.Random(self._seed * 1_000_003 + op.index)
+        request = exposure(op, ad, rng, self._interval)
+        try:
+            self.verifier.RecordExposure(request, timeout=RPC_TIMEOUT_S)
+            record.tag = op.exposure if op.measurable else "unmeasurable"
+        except grpc.RpcError:
+            record.tag = ""
+
+    def click(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
+        try:
+            self.ad_server.RecordClick(ad_server_pb2.RecordClickRequest(
+                token=ad.token, user_agent=op.user.user_agent, ip=op.user.ip), timeout=RPC_TIMEOUT_S)
+            record.clicked = True
+            # A conversion happens on the advertiser's site; the chain has no
+            # RPC for it, so only the ground truth knows.
+            record.converted = op.conversion
+        except grpc.RpcError:
+            pass
+
+
+def ad_request(op: Opportunity, auction_type: int = 0, tmax_ms: int = 0) -> exchange_pb2.RequestAdRequest:
+    """The opportunity as the page or player describes it (OpenRTB 2.6)."""
+    p, (w, h) = op.placement, op.size
+    imp = openrtb_pb2.Imp(id="1", bidfloor=p.floor_cpm, tagid=p.name)
+    if p.format == "video":
+        video = openrtb_pb2.Video(mimes=["video/mp4"], w=w, h=h, minduration=5, maxduration=30)
+        if op.pod is not None:
+            # OpenRTB 2.6 §3.2.7 ad pod fields.
+            video.podid, video.podseq, video.slotinpod = op.pod.podid, op.pod.podseq, op.pod.slotinpod
+            video.poddur, video.maxseq = op.pod.poddur, op.pod.maxseq
+        imp.video.CopyFrom(video)
+    else:
+        imp.banner.CopyFrom(openrtb_pb2.Banner(w=w, h=h))
+    if p.deal_id:
+        imp.pmp.CopyFrom(openrtb_pb2.Pmp(deals=[openrtb_pb2.Deal(id=p.deal_id, bidfloor=p.floor_cpm)]))
+    request = exchange_pb2.RequestAdRequest(
+        request_id=op.request_id, imp=imp, tmax_ms=tmax_ms, at=auction_type,
+        device=openrtb_pb2.Device(ua=op.user.user_agent, ip=op.user.ip, devicetype=p.device_type),
+        user=openrtb_pb2.User(id=op.user.id),
+    )
+    if p.kind == "site":
+        request.site.CopyFrom(openrtb_pb2.Site(domain=op.domain, page=f"https://{op.domain}/article"))
+    else:
+        request.app.CopyFrom(openrtb_pb2.App(bundle=op.domain))
+    return request
+
+
+def exposure(op: Opportunity, ad: exchange_pb2.Ad, rng: random.Random,
+             interval_ms: tuple[int, int]) -> verifier_pb2.RecordExposureRequest:
+    """The verification tag's report: how it measured and what it saw, sampled
+    every 100-200 ms from the render until the ad left the viewport."""
+    if not op.measurable:
+        # A cross-domain iframe without SafeFrame or OM SDK: no geometry.
+        return verifier_pb2.RecordExposureRequest(token=ad.token, method=verifier_pb2.MEASUREMENT_METHOD_NONE)
+    needed_ms = 2000 if ad.mtype == MTYPE_VIDEO else 1000
+    if op.exposure == "engaged":
+        percent, dwell_ms = (rng.randint(55, 100), rng.randint(needed_ms + 300, needed_ms * 3))
+    elif op.exposure == "scrolled_past":
+        percent, dwell_ms = (rng.randint(55, 100), rng.randint(100, needed_ms - 300))
+    else:  # below the fold: never half in view
+        percent, dwell_ms = (rng.randint(0, 25), rng.randint(500, 5000))
+    samples, t = [], 0
+    while t <= dwell_ms:
+        samples.append(verifier_pb2.InViewSample(offset_ms=t, in_view_percent=percent))
+        t += rng.randint(*interval_ms)
+    samples.append(verifier_pb2.InViewSample(offset_ms=t, in_view_percent=0))  # scrolled away or ad ended
+    kind = op.placement.kind
+    method = (verifier_pb2.MEASUREMENT_METHOD_OM_SDK if kind in ("app", "ctv")
+              else verifier_pb2.MEASUREMENT_METHOD_SAFEFRAME if op.index % 4 == 0
+              else verifier_pb2.MEASUREMENT_METHOD_GEOMETRY)
+    return verifier_pb2.RecordExposureRequest(token=ad.token, method=method, samples=samples)
+
+
+class Driver:
+    """Runs opportunities through `concurrency` client threads: ad requests
+    start at the scenario's rate (or as fast as the threads allow, with a
+    bounded number open), renders wait their delay on a timer, not a thread."""
+
+    def __init__(self, clients: Clients, concurrency: int, rate_per_s: float = 0.0,
+                 max_open: int | None = None, clock: Callable[[], float] = time.monotonic):
+        self._clients = clients
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="client")
+        self._rate = rate_per_s
+        self._open = threading.BoundedSemaphore(max_open or concurrency * 16)
+        self._clock = clock
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._timer_thread = threading.Thread(target=self._run_timers, name="client-timers", daemon=True)
+        self.started = 0
+        self.finished = 0
+        self.requests_done = 0
+
+    def run(self, plan: list[Opportunity], deadline: float, drain_s: float = 30.0) -> bool:
+        """Start each opportunity until the plan or the time runs out; wait for
+        the open ones to finish. Returns False when the time limit cut it short."""
+        self._timer_thread.start()
+        began = self._clock()
+        complete = True
+        try:
+            for i, op in enumerate(plan):
+                if self._rate:
+                    wait = began + i / self._rate - self._clock()
+                    if wait > 0:
+                        time.sleep(wait)
+                while not self._open.acquire(timeout=0.2):
+                    if self._clock() > deadline:
+                        break
+                if self._clock() > deadline:
+                    complete = False
+                    break
+                self.started += 1
+                self._pool.submit(self._guard, op, self._opportunity, op)
+            end = max(deadline, self._clock()) + drain_s
+            while self.finished < self.started and self._clock() < end:
+                time.sleep(0.05)
+            complete = complete and self.finished == self.started
+        finally:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return complete
+
+    def _opportunity(self, op: Opportunity) -> None:
+        clients = self._clients
+        record, ad = clients.request(op)
+        with self._cond:
+            self.requests_done += 1
+        if ad is None or op.fate != "render":
+            if ad is not None:
+                record.render = op.fate
+            self._done(record)
+            return
+        if op.user.kind != "human":
+            delay_ms = random.Random(op.index).uniform(*BOT_RENDER_DELAY_MS[op.user.kind])
+        elif op.late:
+            delay_ms = max(0.0, ad.expires_at_ms - time.time() * 1000.0) + op.render_delay_ms
+        else:
+            delay_ms = op.render_delay_ms
+        self._later(delay_ms, lambda: self._guard(op, self._render, op, record, ad))
+
+    def _render(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
+        if self._clients.render(op, record, ad):
+            self._clients.report_exposure(op, record, ad)
+            if op.click:
+                self._clients.click(op, record, ad)
+        self._done(record)
+
+    def _done(self, record: Record) -> None:
+        self._clients.truth.add(record)
+        with self._cond:
+            self.finished += 1
+        self._open.release()
+
+    def _guard(self, op: Opportunity, action, *args) -> None:
+        try:
+            action(*args)
+        except Exception:  # an unexpected failure still closes the opportunity
+            self._clients.truth.add(Record(key=op.request_id, user_kind=op.user.kind, request="error_client"))
+            with self._cond:
+                self.finished += 1
+            self._open.release()
+            raise
+
+    def _later(self, delay_ms: float, action: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._timers, (self._clock() + delay_ms / 1000.0, next(self._seq), action))
+            self._cond.notify_all()
+
+    def _run_timers(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping:
+                        return
+                    now = self._clock()
+                    if self._timers and self._timers[0][0] <= now:
+                        _due, _seq, action = heapq.heappop(self._timers)
+                        break
+                    self._cond.wait(timeout=(self._timers[0][0] - now) if self._timers else 0.2)
+            try:
+                self._pool.submit(action)
+            except RuntimeError:  # the pool is shutting down
+                return

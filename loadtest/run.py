@@ -1,0 +1,172 @@
+"""`adchain loadtest`: play a scenario's world against a running chain (an
+addresses file) or against a local chain it starts and configures from the
+scenario, then report from the services' own counts."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from loadtest import report as reports
+from loadtest import world
+from loadtest.behaviour import Clients, Driver
+from loadtest.scenario import CHAIN_INSTANCES, Scenario
+from loadtest.truth import Truth
+from services import reconcile
+
+
+def write_chain_config(scenario: Scenario, folder: Path) -> Path:
+    """The local chain's settings folder: the scenario's settings for each
+    instance it names, the local defaults for the rest."""
+    from services.local.chain import DEFAULTS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in CHAIN_INSTANCES:
+        if name in scenario.chain:
+            (folder / f"{name}.toml").write_text(to_toml(scenario.chain[name]))
+        else:
+            (folder / f"{name}.toml").write_text((DEFAULTS / f"{name}.toml").read_text())
+    return folder
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """TOML for role settings: scalars, lists of scalars, tables and arrays of tables."""
+    lines: list[str] = []
+    _emit(data, (), lines)
+    return "\n".join(lines) + "\n"
+
+
+def _emit(table: Mapping[str, Any], path: tuple[str, ...], lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and not _is_tables(v)}
+    if path and scalars:
+        lines.append(f"[{'.'.join(path)}]")
+    for key, value in scalars.items():
+        lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _emit(value, (*path, _key(key)), lines)
+        elif _is_tables(value):
+            for item in value:
+                lines.append(f"[[{'.'.join((*path, _key(key)))}]]")
+                for k, v in item.items():
+                    lines.append(f"{_key(k)} = {_value(v)}")
+
+
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+class Progress:
+    """A progress bar on stderr: opportunities done, rate, ETA."""
+
+    def __init__(self, driver: Driver, total: int, out: TextIO = sys.stderr, interval_s: float = 0.25):
+        self._driver, self._total, self._out, self._interval = driver, total, out, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._tty = getattr(out, "isatty", lambda: False)()
+        self._began = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._draw(final=True)
+
+    def _run(self) -> None:
+        last_line = 0.0
+        while not self._stop.wait(self._interval):
+            if self._tty or time.monotonic() - last_line >= 5.0:
+                self._draw()
+                last_line = time.monotonic()
+
+    def _draw(self, final: bool = False) -> None:
+        done, elapsed = self._driver.finished, max(1e-6, time.monotonic() - self._began)
+        rate = done / elapsed
+        eta = (self._total - done) / rate if rate > 0 else float("inf")
+        filled = int(30 * done / max(1, self._total))
+        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {done:,}/{self._total:,} opportunities  "
+                f"{rate:,.0f}/s  ETA {eta:,.0f}s" if eta != float("inf") else f"{done:,}/{self._total:,}")
+        end = "\n" if final or not self._tty else ""
+        self._out.write(("\r" if self._tty else "") + line + end)
+        self._out.flush()
+
+
+def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Mapping | None = None,
+        max_duration_s: float | None = None, max_opportunities: int | None = None, run_dir: Path | None = None,
+        progress: TextIO | None = sys.stderr) -> dict:
+    """Run the scenario; returns the report (a JSON-ready dict)."""
+    notes: list[str] = []
+    chain = None
+    if addresses is None:
+        from services.local import chain as local_chain
+
+        run_dir = Path(run_dir or tempfile.mkdtemp(prefix="adchain-loadtest-"))
+        config = write_chain_config(scenario, run_dir / "config")
+        chain = local_chain.start(config, run_dir / "chain")
+        addresses = chain.addresses()
+    elif scenario.chain:
+        notes.append("against a running chain the scenario's chain settings (" + ", ".join(sorted(scenario.chain))
+                     + ": DSP latencies, campaigns, exchange settings) cannot be applied; that chain's own apply")
+    try:
+        plan = world.plan(scenario, scale, seed, max_opportunities)
+        truth = Truth()
+        clients = Clients(addresses, truth, seed, scenario.behaviour.exposure.sample_interval_ms,
+                          scenario.traffic.auction_type, scenario.traffic.tmax_ms)
+        before = reconcile.chain_counts(reconcile.read_snapshots(addresses))
+        limit_s = min(scenario.limits.max_duration_s, max_duration_s or float("inf"))
+        driver = Driver(clients, scenario.traffic.concurrency, scenario.traffic.rate_per_s)
+        began = time.monotonic()
+        try:
+            if progress is not None:
+                with Progress(driver, len(plan), progress):
+                    complete = driver.run(plan, deadline=began + limit_s)
+            else:
+                complete = driver.run(plan, deadline=began + limit_s)
+        finally:
+            clients.close()
+        wall_s = time.monotonic() - began
+        if not complete:
+            notes.append(f"stopped by the time limit after {driver.started:,} of {len(plan):,} opportunities")
+        after = _settled_counts(addresses)
+        return reports.build(scenario, scale, seed, before, after, truth, clients.latencies_ms, wall_s, complete, notes)
+    finally:
+        if chain is not None:
+            chain.stop()
+
+
+def _settled_counts(addresses: Mapping, timeout_s: float = 10.0) -> reconcile.ChainCounts:
+    """Counts once win notices still in flight have landed: two reads in a
+    row that agree."""
+    deadline = time.monotonic() + timeout_s
+    counts = reconcile.chain_counts(reconcile.read_snapshots(addresses))
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        again = reconcile.chain_counts(reconcile.read_snapshots(addresses))
+        if again == counts:
+            return again
+        counts = again
+    return counts
