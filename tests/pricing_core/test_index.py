@@ -7,7 +7,7 @@ from pricing_core.campaigns import CampaignTable
 from pricing_core.opportunities import OpportunityBatch
 from pricing_core.reference import _targeted
 
-from pricing_strategies import campaign_specs, opportunities
+from tests.pricing_core.pricing_strategies import campaign_specs, opportunities
 
 
 def _index_targeted(specs, opps):
