@@ -250,7 +250,8 @@ def run(quick: bool = False) -> dict:
         s = CampaignState.zeros(n_c)
         _accrue.accrue_events(ev_c, ev_p, ev_k, t.pricing_model, t.budget_total_micros,
                               t.budget_daily_micros, s.spend_micros, s.daily_spend_micros,
-                              s.impressions, s.viewables, s.clicks, s.exhausted)
+                              s.impressions, s.viewables, s.clicks, s.exhausted,
+                              t.pacing_even, s.flag_bits)
         return s
 
     def bincount_once():

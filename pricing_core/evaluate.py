@@ -5,7 +5,12 @@ CampaignTable, the CampaignState and the frequency table, writes only its output
 Eligibility, checked in this order (the first failure is the pair's reason):
 targeting (every dimension, exact domains included, decided by the targeting index 64
 campaigns at a time), budget (total, then daily), pacing (flight window, then even pacing),
-frequency cap, floor. Only campaigns that pass targeting are visited one at a time.
+frequency cap, floor. Only campaigns that pass targeting are visited one at a time, and
+budget is decided for them 64 at a time too (CampaignState.flag_bits). A candidate with no
+flight window, no even pacing that could hold it back and no frequency count to look up
+(CampaignTable.static_bits, flag_bits, an empty frequency table) needs only its eCPM
+against the floor; the rest take every check in order. Per-reason counts stay exact:
+budget failures are counted by popcount of the masked words.
 
 Bid as eCPM in micros per thousand: CPM -> bid; vCPM -> bid x predicted viewability;
 CPC -> bid x predicted CTR x 1000; first price -> x shading factor. The float product is
@@ -35,6 +40,12 @@ _MODEL_VCPM = 1   # campaigns.MODEL_VCPM (kept literal: cached kernels freeze gl
 _MODEL_CPC = 2    # campaigns.MODEL_CPC
 _FIRST_PRICE = 1  # OpenRTB BidRequest.at
 _SECONDS_PER_DAY = 86400.0
+# campaigns.STATIC_*, FLAG_*, PRICE_* and CHECK_* (literal for the same reason).
+_STATIC_NO_BUDGET, _STATIC_FLIGHT, _STATIC_EVEN, _STATIC_CAPPED = 0, 1, 2, 3
+_FLAG_BUDGET, _FLAG_SPENT = 0, 1
+_PRICE_BID, _PRICE_SHADING, _PRICE_MAX_BID, _PRICE_MODEL = 0, 1, 2, 3
+(_CHECK_BUDGET_TOTAL, _CHECK_BUDGET_DAILY, _CHECK_PACING_EVEN, _CHECK_FLIGHT_START,
+ _CHECK_FLIGHT_END, _CHECK_FREQUENCY_CAP, _CHECK_FREQUENCY_WINDOW, _CHECK_MAX_BID) = range(8)
 
 
 @intrinsic
@@ -44,6 +55,17 @@ def _cttz(typingctx, x):
 
     def codegen(context, builder, signature, args):
         return builder.cttz(args[0], context.get_constant(types.boolean, False))
+
+    return sig, codegen
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """Set bits of a uint64 (LLVM ctpop): counts 64 campaigns' pairs per instruction."""
+    sig = types.int64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
 
     return sig, codegen
 
@@ -105,23 +127,48 @@ def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, postin
 
 
 @kernel()
+def _ecpm_micros(c, price_record, check_record, model_factor, per_mille, first_price):
+    """eCPM in micros, one rounding (floor(x + 0.5)), capped at max bid. The model's
+    factors are 1.0 where the rule has no factor (x * 1.0 is exact), so this is the same
+    product, in the same order, as reference.ecpm_micros."""
+    model = np.int64(price_record[c, _PRICE_MODEL])
+    x = price_record[c, _PRICE_BID] * model_factor[model] * per_mille[model]
+    if first_price:
+        x = x * price_record[c, _PRICE_SHADING]
+    if x >= price_record[c, _PRICE_MAX_BID]:
+        return check_record[c, _CHECK_MAX_BID]
+    return np.int64(np.floor(x + 0.5))
+
+
+@kernel()
 def _evaluate_range(lo, hi,
                     index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    pricing_model, bid_micros, max_bid_micros, shading_factor,
-                    budget_total_micros, budget_daily_micros, pacing_even, flight_start_s,
-                    flight_end_s, frequency_cap, frequency_window_s,
-                    spend_micros, daily_spend_micros, exhausted,
-                    ft_user, ft_campaign, ft_count, ft_start,
+                    static_bits, price_record, check_record,
+                    spend_micros, daily_spend_micros, flag_bits,
+                    ft_user, ft_campaign, ft_count, ft_start, ft_entries,
                     index_rows, set_rows, floor_micros, user_key_hash,
                     predicted_viewability, predicted_ctr, auction_type,
                     now_s, day_start_s,
                     out_campaign, out_bid, out_second, out_second_bid, out_reason,
                     reason_counts):
-    n_campaigns = len(bid_micros)
+    n_campaigns = price_record.shape[0]
     n_words = index_bits.shape[1]
     scratch_a = np.empty(n_words, np.uint64)
     scratch_b = np.empty(n_words, np.uint64)
+    model_factor = np.ones(3, np.float64)
+    per_mille = np.ones(3, np.float64)
+    per_mille[_MODEL_CPC] = 1000.0
     now_whole_s = np.int64(now_s)
+    # Which targeted campaigns need the checks after budget, per word. A campaign outside
+    # these rows has no flight window, cannot be held back by pacing (even pacing with no
+    # spend yet today is never ahead of pace once the day has started) and has no
+    # frequency count to look up (no cap, or an empty table).
+    frequency_live = ft_entries[0] > 0
+    pace_bits = flag_bits
+    pace_row = _FLAG_SPENT
+    if now_s < day_start_s:
+        pace_bits = static_bits
+        pace_row = _STATIC_EVEN
     for i in range(lo, hi):
         best = -1
         best_bid = np.int64(-1)
@@ -135,70 +182,86 @@ def _evaluate_range(lo, hi,
         n_eligible = 0
         floor = floor_micros[i]
         first_price = auction_type[i] == _FIRST_PRICE
+        model_factor[_MODEL_VCPM] = predicted_viewability[i]
+        model_factor[_MODEL_CPC] = predicted_ctr[i]
         # Targeting is decided whole by the index; only surviving campaigns are visited.
         words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
                                 posting_bits, index_rows, set_rows, scratch_a, scratch_b)
         for w in range(n_words):
-            word = words[w]
-            while word != 0:
-                c = w * 64 + np.int64(_cttz(word))
-                word &= word - np.uint64(1)
-                candidates += 1
-                # Budget: a campaign bids while any budget remains; the last event
-                # may overshoot by at most its own price.
-                daily = budget_daily_micros[c]
-                if exhausted[c] != 0 or spend_micros[c] >= budget_total_micros[c] or (
-                        daily > 0 and daily_spend_micros[c] >= daily):
-                    n_budget += 1
+            targeted = words[w]
+            if targeted == 0:
+                continue
+            candidates += _popcount(targeted)
+            # Budget, 64 campaigns at a time: a campaign bids while any budget remains;
+            # the last event may overshoot by at most its own price.
+            over_budget = targeted & (flag_bits[_FLAG_BUDGET, w]
+                                      | static_bits[_STATIC_NO_BUDGET, w])
+            n_budget += _popcount(over_budget)
+            alive = targeted & ~over_budget
+            slow_bits = static_bits[_STATIC_FLIGHT, w] | pace_bits[pace_row, w]
+            if frequency_live:
+                slow_bits |= static_bits[_STATIC_CAPPED, w]
+            fast = alive & ~slow_bits
+            slow = alive & slow_bits
+            while fast != 0:
+                c = w * 64 + np.int64(_cttz(fast))
+                fast &= fast - np.uint64(1)
+                bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
+                                   first_price)
+                if bid < floor:
+                    n_floor += 1
                     continue
+                n_eligible += 1
+                # Ranked by (bid descending, campaign ascending): fast and slow
+                # candidates of a word are visited apart, so ties compare indices.
+                if bid > best_bid or (bid == best_bid and c < best):
+                    second = best
+                    second_bid = best_bid
+                    best = c
+                    best_bid = bid
+                elif bid > second_bid or (bid == second_bid and c < second):
+                    second = c
+                    second_bid = bid
+            while slow != 0:
+                c = w * 64 + np.int64(_cttz(slow))
+                slow &= slow - np.uint64(1)
                 # Pacing: flight window, then even pacing (spend may not run ahead of
                 # the elapsed fraction of the day, or of the flight).
-                fs = flight_start_s[c]
-                fe = flight_end_s[c]
+                fs = check_record[c, _CHECK_FLIGHT_START]
+                fe = check_record[c, _CHECK_FLIGHT_END]
                 if fe > 0 and (now_s < fs or now_s >= fe):
                     n_pacing += 1
                     continue
-                if pacing_even[c] != 0:
+                if check_record[c, _CHECK_PACING_EVEN] != 0:
+                    daily = check_record[c, _CHECK_BUDGET_DAILY]
                     if daily > 0:
                         fraction = (now_s - day_start_s) / _SECONDS_PER_DAY
                         paced = np.float64(daily_spend_micros[c]) > np.float64(daily) * fraction
                     else:
                         fraction = (now_s - fs) / np.float64(fe - fs)
                         paced = np.float64(spend_micros[c]) > \
-                            np.float64(budget_total_micros[c]) * fraction
+                            np.float64(check_record[c, _CHECK_BUDGET_TOTAL]) * fraction
                     if paced:
                         n_pacing += 1
                         continue
-                cap = frequency_cap[c]
-                if cap > 0 and _frequency_count(
+                cap = check_record[c, _CHECK_FREQUENCY_CAP]
+                if cap > 0 and frequency_live and _frequency_count(
                         ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
-                        now_whole_s, frequency_window_s[c]) >= cap:
+                        now_whole_s, check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
                     n_frequency += 1
                     continue
-                # eCPM, one rounding (floor(x + 0.5)), capped at max bid.
-                x = np.float64(bid_micros[c])
-                model = pricing_model[c]
-                if model == _MODEL_VCPM:
-                    x = x * predicted_viewability[i]
-                elif model == _MODEL_CPC:
-                    x = x * predicted_ctr[i] * 1000.0
-                if first_price:
-                    x = x * shading_factor[c]
-                max_bid = max_bid_micros[c]
-                if x >= np.float64(max_bid):
-                    bid = max_bid
-                else:
-                    bid = np.int64(np.floor(x + 0.5))
+                bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
+                                   first_price)
                 if bid < floor:
                     n_floor += 1
                     continue
                 n_eligible += 1
-                if bid > best_bid:
+                if bid > best_bid or (bid == best_bid and c < best):
                     second = best
                     second_bid = best_bid
                     best = c
                     best_bid = bid
-                elif bid > second_bid:
+                elif bid > second_bid or (bid == second_bid and c < second):
                     second = c
                     second_bid = bid
         out_campaign[i] = best
@@ -262,13 +325,9 @@ def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_
     """The kernel's argument tuple: plain arrays and scalars, in _evaluate_range order."""
     ix = table.index
     return (ix.bits, ix.untargeted, ix.posting_ptr, ix.posting_word, ix.posting_bits,
-            table.pricing_model, table.bid_micros, table.max_bid_micros, table.shading_factor,
-            table.budget_total_micros, table.budget_daily_micros, table.pacing_even,
-            table.flight_start_s, table.flight_end_s, table.frequency_cap,
-            table.frequency_window_s,
-            state.spend_micros, state.daily_spend_micros, state.exhausted,
-            frequency_table.user_hash, frequency_table.campaign, frequency_table.count,
-            frequency_table.window_start_s,
+            table.static_bits, table.price_record, table.check_record,
+            state.spend_micros, state.daily_spend_micros, state.flag_bits,
+            *frequency_table.arrays(),
             batch.index_rows, batch.set_rows, batch.floor_micros,
             batch.user_key_hash, batch.predicted_viewability, batch.predicted_ctr,
             batch.auction_type, float(now_s), float(day_start_s)) + tuple(outputs)
