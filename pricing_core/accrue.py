@@ -26,18 +26,20 @@ def _set_flags(c, budget_total_micros, budget_daily_micros, pacing_even, spend_m
                daily_spend_micros, exhausted, flag_bits):
     """Campaign c's bits of flag_bits from its counters (evaluate's budget check, and
     whether pacing can hold it back)."""
+    # Branch-free: accrue calls this for every paid event, in random campaign order.
     w = c >> 6
-    bit = np.uint64(1) << np.uint64(c & 63)
+    shift = np.uint64(c & 63)
+    bit = np.uint64(1) << shift
     daily = budget_daily_micros[c]
-    if exhausted[c] != 0 or spend_micros[c] >= budget_total_micros[c] or (
-            daily > 0 and daily_spend_micros[c] >= daily):
-        flag_bits[_FLAG_BUDGET, w] |= bit
-    else:
-        flag_bits[_FLAG_BUDGET, w] &= ~bit
-    if pacing_even[c] != 0 and (spend_micros[c] != 0 or daily_spend_micros[c] != 0):
-        flag_bits[_FLAG_SPENT, w] |= bit
-    else:
-        flag_bits[_FLAG_SPENT, w] &= ~bit
+    spend = spend_micros[c]
+    daily_spend = daily_spend_micros[c]
+    over_budget = (exhausted[c] != 0) | (spend >= budget_total_micros[c]) | (
+        (daily > 0) & (daily_spend >= daily))
+    spent = (pacing_even[c] != 0) & ((spend != 0) | (daily_spend != 0))
+    flag_bits[_FLAG_BUDGET, w] = (flag_bits[_FLAG_BUDGET, w] & ~bit) | (
+        np.uint64(over_budget) << shift)
+    flag_bits[_FLAG_SPENT, w] = (flag_bits[_FLAG_SPENT, w] & ~bit) | (
+        np.uint64(spent) << shift)
 
 
 @kernel()
