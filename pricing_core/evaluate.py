@@ -100,7 +100,7 @@ def _frequency_count(ft_user, ft_campaign, ft_count, ft_start, user_hash, campai
 
 @kernel()
 def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    index_rows, set_rows, acc, tmp):
+                    posting_dense, dense_bits, index_rows, set_rows, acc, tmp):
     """Opportunity i's targeting as a bitmap over campaigns, 64 per word: the AND of its
     single-dimension accept rows, then per set dimension the AND with (untargeted OR the
     postings of each of its values). Returns the array holding the result (acc or tmp)."""
@@ -119,6 +119,11 @@ def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, postin
             p = set_rows[i, d, k]
             if p < 0:
                 break
+            r = posting_dense[p]
+            if r >= 0:
+                for j in range(n_words):
+                    tmp[j] |= acc[j] & dense_bits[r, j]
+                continue
             for e in range(posting_ptr[p], posting_ptr[p + 1]):
                 j = posting_word[e]
                 tmp[j] |= acc[j] & posting_bits[e]
@@ -143,7 +148,7 @@ def _ecpm_micros(c, price_record, check_record, model_factor, per_mille, first_p
 @kernel()
 def _evaluate_range(lo, hi,
                     index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    static_bits, price_record, check_record,
+                    posting_dense, dense_bits, static_bits, price_record, check_record,
                     spend_micros, daily_spend_micros, flag_bits,
                     ft_user, ft_campaign, ft_count, ft_start, ft_entries,
                     index_rows, set_rows, floor_micros, user_key_hash,
@@ -155,6 +160,8 @@ def _evaluate_range(lo, hi,
     n_words = index_bits.shape[1]
     scratch_a = np.empty(n_words, np.uint64)
     scratch_b = np.empty(n_words, np.uint64)
+    fast_list = np.empty(n_words * 64, np.int32)
+    slow_list = np.empty(n_words * 64, np.int32)
     model_factor = np.ones(3, np.float64)
     per_mille = np.ones(3, np.float64)
     per_mille[_MODEL_CPC] = 1000.0
@@ -180,13 +187,17 @@ def _evaluate_range(lo, hi,
         n_frequency = 0
         n_floor = 0
         n_eligible = 0
+        n_fast = 0  # fast candidates: those not eligible failed only the floor
+        n_fast_eligible = 0
+        n_slow = 0
         floor = floor_micros[i]
         first_price = auction_type[i] == _FIRST_PRICE
         model_factor[_MODEL_VCPM] = predicted_viewability[i]
         model_factor[_MODEL_CPC] = predicted_ctr[i]
         # Targeting is decided whole by the index; only surviving campaigns are visited.
         words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
-                                posting_bits, index_rows, set_rows, scratch_a, scratch_b)
+                                posting_bits, posting_dense, dense_bits, index_rows,
+                                set_rows, scratch_a, scratch_b)
         for w in range(n_words):
             targeted = words[w]
             if targeted == 0:
@@ -203,67 +214,79 @@ def _evaluate_range(lo, hi,
                 slow_bits |= static_bits[_STATIC_CAPPED, w]
             fast = alive & ~slow_bits
             slow = alive & slow_bits
+            # Collect first, decide after: a word's bit loop ends unpredictably, and
+            # deciding in a separate counted loop keeps many candidates' loads in flight.
             while fast != 0:
-                c = w * 64 + np.int64(_cttz(fast))
+                fast_list[n_fast] = w * 64 + np.int64(_cttz(fast))
+                n_fast += 1
                 fast &= fast - np.uint64(1)
-                bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
-                                   first_price)
-                if bid < floor:
-                    n_floor += 1
-                    continue
-                n_eligible += 1
-                # Ranked by (bid descending, campaign ascending): fast and slow
-                # candidates of a word are visited apart, so ties compare indices.
-                if bid > best_bid or (bid == best_bid and c < best):
+            while slow != 0:
+                slow_list[n_slow] = w * 64 + np.int64(_cttz(slow))
+                n_slow += 1
+                slow &= slow - np.uint64(1)
+        for k in range(n_fast):
+            c = np.int64(fast_list[k])
+            bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
+                               first_price)
+            # Branch-free floor test (floors and bids are unpredictable): a bid below
+            # the floor ranks as -1, which never enters the top two.
+            eligible = bid >= floor
+            n_fast_eligible += np.int64(eligible)
+            ranked = bid if eligible else np.int64(-1)
+            # Ranked by (bid descending, campaign ascending): fast and slow candidates
+            # are visited apart, so ties compare indices.
+            if ranked > second_bid or (ranked == second_bid and c < second):
+                if ranked > best_bid or (ranked == best_bid and c < best):
                     second = best
                     second_bid = best_bid
                     best = c
-                    best_bid = bid
-                elif bid > second_bid or (bid == second_bid and c < second):
+                    best_bid = ranked
+                else:
                     second = c
-                    second_bid = bid
-            while slow != 0:
-                c = w * 64 + np.int64(_cttz(slow))
-                slow &= slow - np.uint64(1)
-                # Pacing: flight window, then even pacing (spend may not run ahead of
-                # the elapsed fraction of the day, or of the flight).
-                fs = check_record[c, _CHECK_FLIGHT_START]
-                fe = check_record[c, _CHECK_FLIGHT_END]
-                if fe > 0 and (now_s < fs or now_s >= fe):
+                    second_bid = ranked
+        for k in range(n_slow):
+            c = np.int64(slow_list[k])
+            # Pacing: flight window, then even pacing (spend may not run ahead of
+            # the elapsed fraction of the day, or of the flight).
+            fs = check_record[c, _CHECK_FLIGHT_START]
+            fe = check_record[c, _CHECK_FLIGHT_END]
+            if fe > 0 and (now_s < fs or now_s >= fe):
+                n_pacing += 1
+                continue
+            if check_record[c, _CHECK_PACING_EVEN] != 0:
+                daily = check_record[c, _CHECK_BUDGET_DAILY]
+                if daily > 0:
+                    fraction = (now_s - day_start_s) / _SECONDS_PER_DAY
+                    paced = np.float64(daily_spend_micros[c]) > np.float64(daily) * fraction
+                else:
+                    fraction = (now_s - fs) / np.float64(fe - fs)
+                    paced = np.float64(spend_micros[c]) > \
+                        np.float64(check_record[c, _CHECK_BUDGET_TOTAL]) * fraction
+                if paced:
                     n_pacing += 1
                     continue
-                if check_record[c, _CHECK_PACING_EVEN] != 0:
-                    daily = check_record[c, _CHECK_BUDGET_DAILY]
-                    if daily > 0:
-                        fraction = (now_s - day_start_s) / _SECONDS_PER_DAY
-                        paced = np.float64(daily_spend_micros[c]) > np.float64(daily) * fraction
-                    else:
-                        fraction = (now_s - fs) / np.float64(fe - fs)
-                        paced = np.float64(spend_micros[c]) > \
-                            np.float64(check_record[c, _CHECK_BUDGET_TOTAL]) * fraction
-                    if paced:
-                        n_pacing += 1
-                        continue
-                cap = check_record[c, _CHECK_FREQUENCY_CAP]
-                if cap > 0 and frequency_live and _frequency_count(
-                        ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
-                        now_whole_s, check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
-                    n_frequency += 1
-                    continue
-                bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
-                                   first_price)
-                if bid < floor:
-                    n_floor += 1
-                    continue
-                n_eligible += 1
-                if bid > best_bid or (bid == best_bid and c < best):
-                    second = best
-                    second_bid = best_bid
-                    best = c
-                    best_bid = bid
-                elif bid > second_bid or (bid == second_bid and c < second):
-                    second = c
-                    second_bid = bid
+            cap = check_record[c, _CHECK_FREQUENCY_CAP]
+            if cap > 0 and frequency_live and _frequency_count(
+                    ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
+                    now_whole_s, check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
+                n_frequency += 1
+                continue
+            bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
+                               first_price)
+            if bid < floor:
+                n_floor += 1
+                continue
+            n_eligible += 1
+            if bid > best_bid or (bid == best_bid and c < best):
+                second = best
+                second_bid = best_bid
+                best = c
+                best_bid = bid
+            elif bid > second_bid or (bid == second_bid and c < second):
+                second = c
+                second_bid = bid
+        n_eligible += n_fast_eligible
+        n_floor += n_fast - n_fast_eligible
         out_campaign[i] = best
         out_bid[i] = best_bid if best >= 0 else 0
         out_second[i] = second
@@ -325,7 +348,7 @@ def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_
     """The kernel's argument tuple: plain arrays and scalars, in _evaluate_range order."""
     ix = table.index
     return (ix.bits, ix.untargeted, ix.posting_ptr, ix.posting_word, ix.posting_bits,
-            table.static_bits, table.price_record, table.check_record,
+            ix.posting_dense, ix.dense_bits, table.static_bits, table.price_record, table.check_record,
             state.spend_micros, state.daily_spend_micros, state.flag_bits,
             *frequency_table.arrays(),
             batch.index_rows, batch.set_rows, batch.floor_micros,

@@ -19,7 +19,8 @@ def _index_targeted(specs, opps):
     out = []
     for i in range(len(opps)):
         words = ev._targeted_words(i, ix.bits, ix.untargeted, ix.posting_ptr,
-                                   ix.posting_word, ix.posting_bits, batch.index_rows,
+                                   ix.posting_word, ix.posting_bits, ix.posting_dense,
+                                   ix.dense_bits, batch.index_rows,
                                    batch.set_rows, np.empty(n_words, np.uint64),
                                    np.empty(n_words, np.uint64))
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")
