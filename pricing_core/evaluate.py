@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
@@ -66,6 +67,28 @@ def _popcount(typingctx, x):
 
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch_row(typingctx, ary, row):
+    """Ask the cache for row `row` of a 2D C-contiguous array (LLVM prefetch, read): a
+    hint with no effect on results."""
+    sig = types.void(ary, types.int64)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        stride = builder.extract_value(array.strides, 0)
+        base = builder.ptrtoint(array.data, ir.IntType(64))
+        address = builder.inttoptr(builder.add(base, builder.mul(args[1], stride)),
+                                   ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [ir.IntType(8).as_pointer()],
+            ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]))
+        builder.call(fn, [address, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -217,7 +240,9 @@ def _evaluate_range(lo, hi,
             # Collect first, decide after: a word's bit loop ends unpredictably, and
             # deciding in a separate counted loop keeps many candidates' loads in flight.
             while fast != 0:
-                fast_list[n_fast] = w * 64 + np.int64(_cttz(fast))
+                c = w * 64 + np.int64(_cttz(fast))
+                fast_list[n_fast] = c
+                _prefetch_row(price_record, c)
                 n_fast += 1
                 fast &= fast - np.uint64(1)
             while slow != 0:
