@@ -155,12 +155,16 @@ def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, postin
 
 
 @kernel()
-def _ecpm_micros(c, price_record, check_record, model_factor, per_mille, first_price):
+def _ecpm_micros(c, price_record, check_record, viewability, ctr, first_price):
     """eCPM in micros, one rounding (floor(x + 0.5)), capped at max bid. The model's
     factors are 1.0 where the rule has no factor (x * 1.0 is exact), so this is the same
     product, in the same order, as reference.ecpm_micros."""
-    model = np.int64(price_record[c, _PRICE_MODEL])
-    x = price_record[c, _PRICE_BID] * model_factor[model] * per_mille[model]
+    model = price_record[c, _PRICE_MODEL]
+    # Selects, not branches: the model varies unpredictably between candidates.
+    factor = viewability if model == _MODEL_VCPM else 1.0
+    factor = ctr if model == _MODEL_CPC else factor
+    per_mille = 1000.0 if model == _MODEL_CPC else 1.0
+    x = price_record[c, _PRICE_BID] * factor * per_mille
     if first_price:
         x = x * price_record[c, _PRICE_SHADING]
     if x >= price_record[c, _PRICE_MAX_BID]:
@@ -181,13 +185,12 @@ def _evaluate_range(lo, hi,
                     reason_counts):
     n_campaigns = price_record.shape[0]
     n_words = index_bits.shape[1]
-    scratch_a = np.empty(n_words, np.uint64)
-    scratch_b = np.empty(n_words, np.uint64)
-    fast_list = np.empty(n_words * 64, np.int32)
-    slow_list = np.empty(n_words * 64, np.int32)
-    model_factor = np.ones(3, np.float64)
-    per_mille = np.ones(3, np.float64)
-    per_mille[_MODEL_CPC] = 1000.0
+    # Two allocations per call (they show in single-opportunity calls): the index's
+    # scratch rows, and the candidate list, fast ones from the front and slow ones from
+    # the back (together at most every campaign).
+    scratch = np.empty((2, n_words), np.uint64)
+    listed = np.empty(n_words * 64, np.int32)
+    last = n_words * 64 - 1
     now_whole_s = np.int64(now_s)
     # Which targeted campaigns need the checks after budget, per word. A campaign outside
     # these rows has no flight window, cannot be held back by pacing (even pacing with no
@@ -215,12 +218,12 @@ def _evaluate_range(lo, hi,
         n_slow = 0
         floor = floor_micros[i]
         first_price = auction_type[i] == _FIRST_PRICE
-        model_factor[_MODEL_VCPM] = predicted_viewability[i]
-        model_factor[_MODEL_CPC] = predicted_ctr[i]
+        viewability = predicted_viewability[i]
+        ctr = predicted_ctr[i]
         # Targeting is decided whole by the index; only surviving campaigns are visited.
         words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
                                 posting_bits, posting_dense, dense_bits, index_rows,
-                                set_rows, scratch_a, scratch_b)
+                                set_rows, scratch[0], scratch[1])
         for w in range(n_words):
             targeted = words[w]
             if targeted == 0:
@@ -241,17 +244,17 @@ def _evaluate_range(lo, hi,
             # deciding in a separate counted loop keeps many candidates' loads in flight.
             while fast != 0:
                 c = w * 64 + np.int64(_cttz(fast))
-                fast_list[n_fast] = c
+                listed[n_fast] = c
                 _prefetch_row(price_record, c)
                 n_fast += 1
                 fast &= fast - np.uint64(1)
             while slow != 0:
-                slow_list[n_slow] = w * 64 + np.int64(_cttz(slow))
+                listed[last - n_slow] = w * 64 + np.int64(_cttz(slow))
                 n_slow += 1
                 slow &= slow - np.uint64(1)
         for k in range(n_fast):
-            c = np.int64(fast_list[k])
-            bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
+            c = np.int64(listed[k])
+            bid = _ecpm_micros(c, price_record, check_record, viewability, ctr,
                                first_price)
             # Branch-free floor test (floors and bids are unpredictable): a bid below
             # the floor ranks as -1, which never enters the top two.
@@ -270,7 +273,7 @@ def _evaluate_range(lo, hi,
                     second = c
                     second_bid = ranked
         for k in range(n_slow):
-            c = np.int64(slow_list[k])
+            c = np.int64(listed[last - k])
             # Pacing: flight window, then even pacing (spend may not run ahead of
             # the elapsed fraction of the day, or of the flight).
             fs = check_record[c, _CHECK_FLIGHT_START]
@@ -296,7 +299,7 @@ def _evaluate_range(lo, hi,
                     now_whole_s, check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
                 n_frequency += 1
                 continue
-            bid = _ecpm_micros(c, price_record, check_record, model_factor, per_mille,
+            bid = _ecpm_micros(c, price_record, check_record, viewability, ctr,
                                first_price)
             if bid < floor:
                 n_floor += 1
