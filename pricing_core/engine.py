@@ -33,11 +33,11 @@ SECONDS_PER_DAY = 86400
 
 @dataclass(frozen=True)
 class Evaluation:
-    campaign: np.ndarray           # int32, -1 = no bid
+    campaign: np.ndarray           # int64, -1 = no bid
     bid_micros: np.ndarray         # int64 CPM-equivalent bid after shading (0 if none)
-    second_campaign: np.ndarray    # int32, -1 = none
+    second_campaign: np.ndarray    # int64, -1 = none
     second_bid_micros: np.ndarray  # int64
-    no_bid_reason: np.ndarray      # int8 index into reason_names (0 = "none": a bid)
+    no_bid_reason: np.ndarray      # int64 index into reason_names (0 = "none": a bid)
     reason_counts: np.ndarray      # int64 per reason, over (opportunity, campaign) pairs
     reason_names: tuple[str, ...] = REASON_NAMES
 
@@ -94,7 +94,8 @@ class PricingEngine:
             _evaluate.evaluate_batch_parallel(_evaluate.parallel_chunks(), *args)
         else:
             _evaluate.evaluate_batch(*args)
-        return Evaluation(*outputs)
+        results, reason_counts = outputs
+        return Evaluation(*results, reason_counts)
 
     def snapshot(self) -> dict:
         with self._lock:

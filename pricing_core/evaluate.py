@@ -36,6 +36,9 @@ REASON_NAMES = ("none", "no_campaigns", "targeting", "budget", "pacing", "freque
 (REASON_NONE, REASON_NO_CAMPAIGNS, REASON_TARGETING, REASON_BUDGET, REASON_PACING,
  REASON_FREQUENCY, REASON_FLOOR) = range(len(REASON_NAMES))
 N_REASONS = len(REASON_NAMES)
+# Rows of the results output (new_outputs): every row written for every opportunity.
+RESULT_CAMPAIGN, RESULT_BID, RESULT_SECOND, RESULT_SECOND_BID, RESULT_REASON = range(5)
+N_RESULTS = 5
 
 _MODEL_VCPM = 1   # campaigns.MODEL_VCPM (kept literal: cached kernels freeze globals)
 _MODEL_CPC = 2    # campaigns.MODEL_CPC
@@ -181,8 +184,7 @@ def _evaluate_range(lo, hi,
                     index_rows, set_rows, floor_micros, user_key_hash,
                     predicted_viewability, predicted_ctr, auction_type,
                     now_s, day_start_s,
-                    out_campaign, out_bid, out_second, out_second_bid, out_reason,
-                    reason_counts):
+                    results, reason_counts):
     n_campaigns = price_record.shape[0]
     n_words = index_bits.shape[1]
     # Two allocations per call (they show in single-opportunity calls): the index's
@@ -315,10 +317,10 @@ def _evaluate_range(lo, hi,
                 second_bid = bid
         n_eligible += n_fast_eligible
         n_floor += n_fast - n_fast_eligible
-        out_campaign[i] = best
-        out_bid[i] = best_bid if best >= 0 else 0
-        out_second[i] = second
-        out_second_bid[i] = second_bid if second >= 0 else 0
+        results[RESULT_CAMPAIGN, i] = best
+        results[RESULT_BID, i] = best_bid if best >= 0 else 0
+        results[RESULT_SECOND, i] = second
+        results[RESULT_SECOND_BID, i] = second_bid if second >= 0 else 0
         # The dominant no-bid reason is the latest stage any campaign reached.
         if best >= 0:
             reason = REASON_NONE
@@ -334,7 +336,7 @@ def _evaluate_range(lo, hi,
             reason = REASON_BUDGET
         else:
             reason = REASON_TARGETING
-        out_reason[i] = reason
+        results[RESULT_REASON, i] = reason
         reason_counts[REASON_NONE] += n_eligible
         reason_counts[REASON_TARGETING] += n_campaigns - candidates
         reason_counts[REASON_BUDGET] += n_budget
@@ -347,7 +349,7 @@ def _evaluate_range(lo, hi,
 def evaluate_batch(*args):
     """Serial evaluate over the whole batch; args as _evaluate_range without lo, hi and
     with reason_counts int64[N_REASONS]."""
-    n = len(args[-6])  # out_campaign
+    n = args[-2].shape[1]  # results
     _evaluate_range(0, n, *args)
 
 
@@ -357,7 +359,7 @@ def evaluate_batch_parallel(chunks, *args):
     caller picks, as reading the thread count here would stop caching); each chunk counts
     reasons in its own row, summed at the end (no shared writes)."""
     reason_counts = args[-1]
-    n = len(args[-6])  # out_campaign
+    n = args[-2].shape[1]  # results
     n_chunks = min(n, chunks)
     if n_chunks <= 0:
         return
@@ -376,7 +378,8 @@ def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_
     """The kernel's argument tuple: plain arrays and scalars, in _evaluate_range order."""
     ix = table.index
     return (ix.bits, ix.untargeted, ix.posting_ptr, ix.posting_word, ix.posting_bits,
-            ix.posting_dense, ix.dense_bits, table.static_bits, table.price_record, table.check_record,
+            ix.posting_dense, ix.dense_bits,
+            table.static_bits, table.price_record, table.check_record,
             state.spend_micros, state.daily_spend_micros, state.flag_bits,
             *frequency_table.arrays(),
             batch.index_rows, batch.set_rows, batch.floor_micros,
@@ -385,9 +388,10 @@ def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_
 
 
 def new_outputs(n: int) -> tuple:
-    """(campaign, bid, second, second_bid, reason, reason_counts) output arrays."""
-    return (np.full(n, -1, np.int32), np.zeros(n, np.int64), np.full(n, -1, np.int32),
-            np.zeros(n, np.int64), np.zeros(n, np.int8), np.zeros(N_REASONS, np.int64))
+    """(results, reason_counts): results int64 [RESULT_* rows, n] holds campaign, bid,
+    second, second bid and reason per opportunity; one output array rather than five,
+    as every array argument adds to each call's cost."""
+    return np.empty((N_RESULTS, n), np.int64), np.zeros(N_REASONS, np.int64)
 
 
 def parallel_chunks() -> int:

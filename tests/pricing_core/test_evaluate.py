@@ -57,8 +57,9 @@ def _run(specs, opps, state, freq, parallel, now_s=NOW_S):
         ev.evaluate_batch_parallel(3, *args)
     else:
         ev.evaluate_batch(*args)
-    rows = [tuple(int(a[i]) for a in outputs[:5]) for i in range(len(opps))]
-    return rows, [int(x) for x in outputs[5]]
+    results, reason_counts = outputs
+    rows = [tuple(int(x) for x in results[:, i]) for i in range(len(opps))]
+    return rows, [int(x) for x in reason_counts]
 
 
 @settings(max_examples=400, deadline=None)
