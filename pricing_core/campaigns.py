@@ -25,6 +25,16 @@ INDEXED_DIMS = 4
 SET_DIM_NAMES = ("category", "segment", "deal", "domain")
 SET_CATEGORY, SET_SEGMENT, SET_DEAL, SET_DOMAIN = range(len(SET_DIM_NAMES))
 
+# Rows of CampaignTable.static_bits: per-campaign facts fixed by the config, as bitmaps in
+# the targeting index's word layout (bit c % 64 of word c // 64), so evaluate can decide
+# which surviving candidates need the slow checks 64 campaigns at a time.
+STATIC_NO_BUDGET, STATIC_FLIGHT, STATIC_EVEN, STATIC_CAPPED = range(4)
+# Columns of CampaignTable.price_record (float64) and check_record (int64): the columns a
+# candidate reads, one row per campaign, so a candidate costs one or two cache lines.
+PRICE_BID, PRICE_SHADING, PRICE_MAX_BID, PRICE_MODEL = range(4)
+(CHECK_BUDGET_TOTAL, CHECK_BUDGET_DAILY, CHECK_PACING_EVEN, CHECK_FLIGHT_START,
+ CHECK_FLIGHT_END, CHECK_FREQUENCY_CAP, CHECK_FREQUENCY_WINDOW, CHECK_MAX_BID) = range(8)
+
 
 @dataclass(frozen=True)
 class CampaignSpec:
@@ -164,6 +174,9 @@ class CampaignTable:
     domain_ids: np.ndarray             # int32
     domain_any: np.ndarray             # uint8 [n]
     index: TargetingIndex
+    static_bits: np.ndarray            # uint64 [4, words]: STATIC_* rows
+    price_record: np.ndarray           # float64 [n, 4]: PRICE_* columns
+    check_record: np.ndarray           # int64 [n, 8]: CHECK_* columns
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -238,23 +251,46 @@ class CampaignTable:
         def col(name, dtype):
             return np.ascontiguousarray([getattr(s, name) for s in specs], dtype=dtype)
 
+        pricing_model = np.array([PRICING_MODELS.index(s.pricing_model) for s in specs],
+                                 np.int8)
+        pacing_even = np.array([s.pacing == "even" for s in specs], np.uint8)
+        budget_total = col("budget_total_micros", np.int64)
+        flight_end = col("flight_end_s", np.int64)
+        frequency_cap = col("frequency_cap", np.int32)
+        static_bits = pack_campaign_bits(np.stack([
+            budget_total <= 0, flight_end > 0, pacing_even != 0, frequency_cap > 0])
+            if n else np.zeros((4, 0), np.bool_), n)
+        price_record = np.zeros((n, 4), np.float64)
+        price_record[:, PRICE_BID] = col("bid_micros", np.int64)
+        price_record[:, PRICE_SHADING] = col("shading_factor", np.float64)
+        price_record[:, PRICE_MAX_BID] = col("max_bid_micros", np.int64)
+        price_record[:, PRICE_MODEL] = pricing_model
+        check_record = np.zeros((n, 8), np.int64)
+        for k, name in ((CHECK_BUDGET_TOTAL, "budget_total_micros"),
+                        (CHECK_BUDGET_DAILY, "budget_daily_micros"),
+                        (CHECK_FLIGHT_START, "flight_start_s"), (CHECK_FLIGHT_END, "flight_end_s"),
+                        (CHECK_FREQUENCY_CAP, "frequency_cap"),
+                        (CHECK_FREQUENCY_WINDOW, "frequency_window_s"),
+                        (CHECK_MAX_BID, "max_bid_micros")):
+            check_record[:, k] = col(name, np.int64)
+        check_record[:, CHECK_PACING_EVEN] = pacing_even
+
         return cls(
             specs=specs,
             ids=tuple(s.id for s in specs),
             advertiser_domain_id=np.array([adv_vocab.ids[s.advertiser_domain] for s in specs],
                                           np.int32),
             advertiser_domains=tuple(adv_vocab.ids),
-            pricing_model=np.array([PRICING_MODELS.index(s.pricing_model) for s in specs],
-                                   np.int8),
+            pricing_model=pricing_model,
             bid_micros=col("bid_micros", np.int64),
             max_bid_micros=col("max_bid_micros", np.int64),
             shading_factor=col("shading_factor", np.float64),
-            budget_total_micros=col("budget_total_micros", np.int64),
+            budget_total_micros=budget_total,
             budget_daily_micros=col("budget_daily_micros", np.int64),
-            pacing_even=np.array([s.pacing == "even" for s in specs], np.uint8),
+            pacing_even=pacing_even,
             flight_start_s=col("flight_start_s", np.int64),
-            flight_end_s=col("flight_end_s", np.int64),
-            frequency_cap=col("frequency_cap", np.int32),
+            flight_end_s=flight_end,
+            frequency_cap=frequency_cap,
             frequency_window_s=col("frequency_window_s", np.int64),
             vocabularies=vocabularies,
             domain_vocabulary=domain_vocab,
@@ -266,7 +302,24 @@ class CampaignTable:
             domain_ids=domain_ids,
             domain_any=domain_any.astype(np.uint8),
             index=index,
+            static_bits=static_bits,
+            price_record=price_record,
+            check_record=check_record,
         )
+
+
+def campaign_words(n: int) -> int:
+    """Words of a bitmap over n campaigns (the targeting index's layout)."""
+    return max(1, (n + 63) // 64)
+
+
+def pack_campaign_bits(mask: np.ndarray, n: int) -> np.ndarray:
+    """bool [rows, n] -> uint64 [rows, campaign_words(n)], bit c % 64 of word c // 64."""
+    rows = mask.shape[0]
+    padded = np.zeros((rows, campaign_words(n) * 64), np.bool_)
+    padded[:, :n] = mask
+    return np.ascontiguousarray(
+        np.packbits(padded, axis=1, bitorder="little").view(np.uint64))
 
 
 # Rows of the per-campaign mutable state (one int64 array each, see CampaignState).
@@ -277,6 +330,12 @@ class CampaignState:
     daily_spend_micros is the pacing state: spend since the start of the current UTC day
     (reset by the engine at the day boundary). exhausted: bit 0 total budget spent, bit 1
     daily budget spent.
+
+    flag_bits are derived from the counters and kept in step by every writer (accrue, the
+    day roll-over, replace; accrue.refresh_flags after editing counters by hand), in the
+    targeting index's word layout: row FLAG_BUDGET = the budget check fails (any budget
+    spent: exhausted, total or daily); row FLAG_SPENT = an even-paced campaign with any
+    spend or daily spend, the only ones pacing can hold back once the day has started.
     """
     spend_micros: np.ndarray
     daily_spend_micros: np.ndarray
@@ -284,10 +343,17 @@ class CampaignState:
     viewables: np.ndarray
     clicks: np.ndarray
     exhausted: np.ndarray   # uint8
+    flag_bits: np.ndarray   # uint64 [2, words]: FLAG_* rows
 
     @classmethod
     def zeros(cls, n: int) -> "CampaignState":
-        return cls(*(np.zeros(n, np.int64) for _ in range(5)), np.zeros(n, np.uint8))
+        """All counters zero. A zero budget is in the table's STATIC_NO_BUDGET row, so
+        zero flags agree with zero counters for every table."""
+        return cls(*(np.zeros(n, np.int64) for _ in range(5)), np.zeros(n, np.uint8),
+                   np.zeros((2, campaign_words(n)), np.uint64))
+
+
+FLAG_BUDGET, FLAG_SPENT = 0, 1
 
 
 EXHAUSTED_TOTAL = 1

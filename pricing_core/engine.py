@@ -33,11 +33,11 @@ SECONDS_PER_DAY = 86400
 
 @dataclass(frozen=True)
 class Evaluation:
-    campaign: np.ndarray           # int32, -1 = no bid
+    campaign: np.ndarray           # int64, -1 = no bid
     bid_micros: np.ndarray         # int64 CPM-equivalent bid after shading (0 if none)
-    second_campaign: np.ndarray    # int32, -1 = none
+    second_campaign: np.ndarray    # int64, -1 = none
     second_bid_micros: np.ndarray  # int64
-    no_bid_reason: np.ndarray      # int8 index into reason_names (0 = "none": a bid)
+    no_bid_reason: np.ndarray      # int64 index into reason_names (0 = "none": a bid)
     reason_counts: np.ndarray      # int64 per reason, over (opportunity, campaign) pairs
     reason_names: tuple[str, ...] = REASON_NAMES
 
@@ -54,7 +54,11 @@ class PricingEngine:
         self._clock = clock
         self._lock = threading.Lock()
         table = CampaignTable.from_specs(specs)
-        self._generation = _Generation(table, CampaignState.zeros(len(table)))
+        state = CampaignState.zeros(len(table))
+        _accrue.refresh_flags(table.budget_total_micros, table.budget_daily_micros,
+                              table.pacing_even, state.spend_micros, state.daily_spend_micros,
+                              state.exhausted, state.flag_bits)
+        self._generation = _Generation(table, state)
         self._frequency = _frequency.FrequencyTable.empty()
         self._day = math.floor(clock() / SECONDS_PER_DAY)
         self._parallel_threshold = parallel_threshold
@@ -90,7 +94,8 @@ class PricingEngine:
             _evaluate.evaluate_batch_parallel(_evaluate.parallel_chunks(), *args)
         else:
             _evaluate.evaluate_batch(*args)
-        return Evaluation(*outputs)
+        results, reason_counts = outputs
+        return Evaluation(*results, reason_counts)
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -120,7 +125,7 @@ class PricingEngine:
             rejected = _accrue.accrue_events(
                 campaign, price, kind, t.pricing_model, t.budget_total_micros,
                 t.budget_daily_micros, s.spend_micros, s.daily_spend_micros, s.impressions,
-                s.viewables, s.clicks, s.exhausted)
+                s.viewables, s.clicks, s.exhausted, t.pacing_even, s.flag_bits)
             if user_key_hash is not None:
                 users = np.atleast_1d(np.asarray(user_key_hash, np.int64))
                 if users.shape != campaign.shape:
@@ -159,6 +164,9 @@ class PricingEngine:
             state.exhausted[:] = np.where(state.spend_micros >= table.budget_total_micros, 1, 0)
             state.exhausted |= np.where((table.budget_daily_micros > 0) & (
                 state.daily_spend_micros >= table.budget_daily_micros), 2, 0).astype(np.uint8)
+            _accrue.refresh_flags(table.budget_total_micros, table.budget_daily_micros,
+                                  table.pacing_even, state.spend_micros,
+                                  state.daily_spend_micros, state.exhausted, state.flag_bits)
             self._frequency = _frequency.grown(self._frequency, 0, remap=remap)
             self._generation = _Generation(table, state)
 
@@ -170,7 +178,9 @@ class PricingEngine:
             if day != self._day:
                 g = self._generation
                 _accrue.start_day(g.table.budget_total_micros, g.state.spend_micros,
-                                  g.state.daily_spend_micros, g.state.exhausted)
+                                  g.state.daily_spend_micros, g.state.exhausted,
+                                  g.table.budget_daily_micros, g.table.pacing_even,
+                                  g.state.flag_bits)
                 self._day = day
 
     # -- start-up ----------------------------------------------------------------------
@@ -199,9 +209,13 @@ def warm_kernels() -> None:
                           table.pricing_model, table.budget_total_micros,
                           table.budget_daily_micros, state.spend_micros,
                           state.daily_spend_micros, state.impressions, state.viewables,
-                          state.clicks, state.exhausted)
+                          state.clicks, state.exhausted, table.pacing_even, state.flag_bits)
     _accrue.start_day(table.budget_total_micros, state.spend_micros,
-                      state.daily_spend_micros, state.exhausted)
+                      state.daily_spend_micros, state.exhausted, table.budget_daily_micros,
+                      table.pacing_even, state.flag_bits)
+    _accrue.refresh_flags(table.budget_total_micros, table.budget_daily_micros,
+                          table.pacing_even, state.spend_micros, state.daily_spend_micros,
+                          state.exhausted, state.flag_bits)
     users = np.zeros(1, np.int64)
     campaigns = np.zeros(1, np.int32)
     windows = np.ones(1, np.int64)

@@ -5,7 +5,12 @@ CampaignTable, the CampaignState and the frequency table, writes only its output
 Eligibility, checked in this order (the first failure is the pair's reason):
 targeting (every dimension, exact domains included, decided by the targeting index 64
 campaigns at a time), budget (total, then daily), pacing (flight window, then even pacing),
-frequency cap, floor. Only campaigns that pass targeting are visited one at a time.
+frequency cap, floor. Only campaigns that pass targeting are visited one at a time, and
+budget is decided for them 64 at a time too (CampaignState.flag_bits). A candidate with no
+flight window, no even pacing that could hold it back and no frequency count to look up
+(CampaignTable.static_bits, flag_bits, an empty frequency table) needs only its eCPM
+against the floor; the rest take every check in order. Per-reason counts stay exact:
+budget failures are counted by popcount of the masked words.
 
 Bid as eCPM in micros per thousand: CPM -> bid; vCPM -> bid x predicted viewability;
 CPC -> bid x predicted CTR x 1000; first price -> x shading factor. The float product is
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
@@ -30,11 +36,20 @@ REASON_NAMES = ("none", "no_campaigns", "targeting", "budget", "pacing", "freque
 (REASON_NONE, REASON_NO_CAMPAIGNS, REASON_TARGETING, REASON_BUDGET, REASON_PACING,
  REASON_FREQUENCY, REASON_FLOOR) = range(len(REASON_NAMES))
 N_REASONS = len(REASON_NAMES)
+# Rows of the results output (new_outputs): every row written for every opportunity.
+RESULT_CAMPAIGN, RESULT_BID, RESULT_SECOND, RESULT_SECOND_BID, RESULT_REASON = range(5)
+N_RESULTS = 5
 
 _MODEL_VCPM = 1   # campaigns.MODEL_VCPM (kept literal: cached kernels freeze globals)
 _MODEL_CPC = 2    # campaigns.MODEL_CPC
 _FIRST_PRICE = 1  # OpenRTB BidRequest.at
 _SECONDS_PER_DAY = 86400.0
+# campaigns.STATIC_*, FLAG_*, PRICE_* and CHECK_* (literal for the same reason).
+_STATIC_NO_BUDGET, _STATIC_FLIGHT, _STATIC_EVEN, _STATIC_CAPPED = 0, 1, 2, 3
+_FLAG_BUDGET, _FLAG_SPENT = 0, 1
+_PRICE_BID, _PRICE_SHADING, _PRICE_MAX_BID, _PRICE_MODEL = 0, 1, 2, 3
+(_CHECK_BUDGET_TOTAL, _CHECK_BUDGET_DAILY, _CHECK_PACING_EVEN, _CHECK_FLIGHT_START,
+ _CHECK_FLIGHT_END, _CHECK_FREQUENCY_CAP, _CHECK_FREQUENCY_WINDOW, _CHECK_MAX_BID) = range(8)
 
 
 @intrinsic
@@ -44,6 +59,39 @@ def _cttz(typingctx, x):
 
     def codegen(context, builder, signature, args):
         return builder.cttz(args[0], context.get_constant(types.boolean, False))
+
+    return sig, codegen
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """Set bits of a uint64 (LLVM ctpop): counts 64 campaigns' pairs per instruction."""
+    sig = types.int64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch_row(typingctx, ary, row):
+    """Ask the cache for row `row` of a 2D C-contiguous array (LLVM prefetch, read): a
+    hint with no effect on results."""
+    sig = types.void(ary, types.int64)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        stride = builder.extract_value(array.strides, 0)
+        base = builder.ptrtoint(array.data, ir.IntType(64))
+        address = builder.inttoptr(builder.add(base, builder.mul(args[1], stride)),
+                                   ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [ir.IntType(8).as_pointer()],
+            ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]))
+        builder.call(fn, [address, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -78,7 +126,7 @@ def _frequency_count(ft_user, ft_campaign, ft_count, ft_start, user_hash, campai
 
 @kernel()
 def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    index_rows, set_rows, acc, tmp):
+                    posting_dense, dense_bits, index_rows, set_rows, acc, tmp):
     """Opportunity i's targeting as a bitmap over campaigns, 64 per word: the AND of its
     single-dimension accept rows, then per set dimension the AND with (untargeted OR the
     postings of each of its values). Returns the array holding the result (acc or tmp)."""
@@ -97,6 +145,11 @@ def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, postin
             p = set_rows[i, d, k]
             if p < 0:
                 break
+            r = posting_dense[p]
+            if r >= 0:
+                for j in range(n_words):
+                    tmp[j] |= acc[j] & dense_bits[r, j]
+                continue
             for e in range(posting_ptr[p], posting_ptr[p + 1]):
                 j = posting_word[e]
                 tmp[j] |= acc[j] & posting_bits[e]
@@ -105,23 +158,52 @@ def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, postin
 
 
 @kernel()
+def _ecpm_micros(c, price_record, check_record, viewability, ctr, first_price):
+    """eCPM in micros, one rounding (floor(x + 0.5)), capped at max bid. The model's
+    factors are 1.0 where the rule has no factor (x * 1.0 is exact), so this is the same
+    product, in the same order, as reference.ecpm_micros."""
+    model = price_record[c, _PRICE_MODEL]
+    # Selects, not branches: the model varies unpredictably between candidates.
+    factor = viewability if model == _MODEL_VCPM else 1.0
+    factor = ctr if model == _MODEL_CPC else factor
+    per_mille = 1000.0 if model == _MODEL_CPC else 1.0
+    x = price_record[c, _PRICE_BID] * factor * per_mille
+    if first_price:
+        x = x * price_record[c, _PRICE_SHADING]
+    if x >= price_record[c, _PRICE_MAX_BID]:
+        return check_record[c, _CHECK_MAX_BID]
+    return np.int64(np.floor(x + 0.5))
+
+
+@kernel()
 def _evaluate_range(lo, hi,
                     index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    pricing_model, bid_micros, max_bid_micros, shading_factor,
-                    budget_total_micros, budget_daily_micros, pacing_even, flight_start_s,
-                    flight_end_s, frequency_cap, frequency_window_s,
-                    spend_micros, daily_spend_micros, exhausted,
-                    ft_user, ft_campaign, ft_count, ft_start,
+                    posting_dense, dense_bits, static_bits, price_record, check_record,
+                    spend_micros, daily_spend_micros, flag_bits,
+                    ft_user, ft_campaign, ft_count, ft_start, ft_entries,
                     index_rows, set_rows, floor_micros, user_key_hash,
                     predicted_viewability, predicted_ctr, auction_type,
                     now_s, day_start_s,
-                    out_campaign, out_bid, out_second, out_second_bid, out_reason,
-                    reason_counts):
-    n_campaigns = len(bid_micros)
+                    results, reason_counts):
+    n_campaigns = price_record.shape[0]
     n_words = index_bits.shape[1]
-    scratch_a = np.empty(n_words, np.uint64)
-    scratch_b = np.empty(n_words, np.uint64)
+    # Two allocations per call (they show in single-opportunity calls): the index's
+    # scratch rows, and the candidate list, fast ones from the front and slow ones from
+    # the back (together at most every campaign).
+    scratch = np.empty((2, n_words), np.uint64)
+    listed = np.empty(n_words * 64, np.int32)
+    last = n_words * 64 - 1
     now_whole_s = np.int64(now_s)
+    # Which targeted campaigns need the checks after budget, per word. A campaign outside
+    # these rows has no flight window, cannot be held back by pacing (even pacing with no
+    # spend yet today is never ahead of pace once the day has started) and has no
+    # frequency count to look up (no cap, or an empty table).
+    frequency_live = ft_entries[0] > 0
+    pace_bits = flag_bits
+    pace_row = _FLAG_SPENT
+    if now_s < day_start_s:
+        pace_bits = static_bits
+        pace_row = _STATIC_EVEN
     for i in range(lo, hi):
         best = -1
         best_bid = np.int64(-1)
@@ -133,78 +215,112 @@ def _evaluate_range(lo, hi,
         n_frequency = 0
         n_floor = 0
         n_eligible = 0
+        n_fast = 0  # fast candidates: those not eligible failed only the floor
+        n_fast_eligible = 0
+        n_slow = 0
         floor = floor_micros[i]
         first_price = auction_type[i] == _FIRST_PRICE
+        viewability = predicted_viewability[i]
+        ctr = predicted_ctr[i]
         # Targeting is decided whole by the index; only surviving campaigns are visited.
         words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
-                                posting_bits, index_rows, set_rows, scratch_a, scratch_b)
+                                posting_bits, posting_dense, dense_bits, index_rows,
+                                set_rows, scratch[0], scratch[1])
         for w in range(n_words):
-            word = words[w]
-            while word != 0:
-                c = w * 64 + np.int64(_cttz(word))
-                word &= word - np.uint64(1)
-                candidates += 1
-                # Budget: a campaign bids while any budget remains; the last event
-                # may overshoot by at most its own price.
-                daily = budget_daily_micros[c]
-                if exhausted[c] != 0 or spend_micros[c] >= budget_total_micros[c] or (
-                        daily > 0 and daily_spend_micros[c] >= daily):
-                    n_budget += 1
-                    continue
-                # Pacing: flight window, then even pacing (spend may not run ahead of
-                # the elapsed fraction of the day, or of the flight).
-                fs = flight_start_s[c]
-                fe = flight_end_s[c]
-                if fe > 0 and (now_s < fs or now_s >= fe):
-                    n_pacing += 1
-                    continue
-                if pacing_even[c] != 0:
-                    if daily > 0:
-                        fraction = (now_s - day_start_s) / _SECONDS_PER_DAY
-                        paced = np.float64(daily_spend_micros[c]) > np.float64(daily) * fraction
-                    else:
-                        fraction = (now_s - fs) / np.float64(fe - fs)
-                        paced = np.float64(spend_micros[c]) > \
-                            np.float64(budget_total_micros[c]) * fraction
-                    if paced:
-                        n_pacing += 1
-                        continue
-                cap = frequency_cap[c]
-                if cap > 0 and _frequency_count(
-                        ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
-                        now_whole_s, frequency_window_s[c]) >= cap:
-                    n_frequency += 1
-                    continue
-                # eCPM, one rounding (floor(x + 0.5)), capped at max bid.
-                x = np.float64(bid_micros[c])
-                model = pricing_model[c]
-                if model == _MODEL_VCPM:
-                    x = x * predicted_viewability[i]
-                elif model == _MODEL_CPC:
-                    x = x * predicted_ctr[i] * 1000.0
-                if first_price:
-                    x = x * shading_factor[c]
-                max_bid = max_bid_micros[c]
-                if x >= np.float64(max_bid):
-                    bid = max_bid
-                else:
-                    bid = np.int64(np.floor(x + 0.5))
-                if bid < floor:
-                    n_floor += 1
-                    continue
-                n_eligible += 1
-                if bid > best_bid:
+            targeted = words[w]
+            if targeted == 0:
+                continue
+            candidates += _popcount(targeted)
+            # Budget, 64 campaigns at a time: a campaign bids while any budget remains;
+            # the last event may overshoot by at most its own price.
+            over_budget = targeted & (flag_bits[_FLAG_BUDGET, w]
+                                      | static_bits[_STATIC_NO_BUDGET, w])
+            n_budget += _popcount(over_budget)
+            alive = targeted & ~over_budget
+            slow_bits = static_bits[_STATIC_FLIGHT, w] | pace_bits[pace_row, w]
+            if frequency_live:
+                slow_bits |= static_bits[_STATIC_CAPPED, w]
+            fast = alive & ~slow_bits
+            slow = alive & slow_bits
+            # Collect first, decide after: a word's bit loop ends unpredictably, and
+            # deciding in a separate counted loop keeps many candidates' loads in flight.
+            while fast != 0:
+                c = w * 64 + np.int64(_cttz(fast))
+                listed[n_fast] = c
+                _prefetch_row(price_record, c)
+                n_fast += 1
+                fast &= fast - np.uint64(1)
+            while slow != 0:
+                listed[last - n_slow] = w * 64 + np.int64(_cttz(slow))
+                n_slow += 1
+                slow &= slow - np.uint64(1)
+        for k in range(n_fast):
+            c = np.int64(listed[k])
+            bid = _ecpm_micros(c, price_record, check_record, viewability, ctr,
+                               first_price)
+            # Branch-free floor test (floors and bids are unpredictable): a bid below
+            # the floor ranks as -1, which never enters the top two.
+            eligible = bid >= floor
+            n_fast_eligible += np.int64(eligible)
+            ranked = bid if eligible else np.int64(-1)
+            # Ranked by (bid descending, campaign ascending): fast and slow candidates
+            # are visited apart, so ties compare indices.
+            if ranked > second_bid or (ranked == second_bid and c < second):
+                if ranked > best_bid or (ranked == best_bid and c < best):
                     second = best
                     second_bid = best_bid
                     best = c
-                    best_bid = bid
-                elif bid > second_bid:
+                    best_bid = ranked
+                else:
                     second = c
-                    second_bid = bid
-        out_campaign[i] = best
-        out_bid[i] = best_bid if best >= 0 else 0
-        out_second[i] = second
-        out_second_bid[i] = second_bid if second >= 0 else 0
+                    second_bid = ranked
+        for k in range(n_slow):
+            c = np.int64(listed[last - k])
+            # Pacing: flight window, then even pacing (spend may not run ahead of
+            # the elapsed fraction of the day, or of the flight).
+            fs = check_record[c, _CHECK_FLIGHT_START]
+            fe = check_record[c, _CHECK_FLIGHT_END]
+            if fe > 0 and (now_s < fs or now_s >= fe):
+                n_pacing += 1
+                continue
+            if check_record[c, _CHECK_PACING_EVEN] != 0:
+                daily = check_record[c, _CHECK_BUDGET_DAILY]
+                if daily > 0:
+                    fraction = (now_s - day_start_s) / _SECONDS_PER_DAY
+                    paced = np.float64(daily_spend_micros[c]) > np.float64(daily) * fraction
+                else:
+                    fraction = (now_s - fs) / np.float64(fe - fs)
+                    paced = np.float64(spend_micros[c]) > \
+                        np.float64(check_record[c, _CHECK_BUDGET_TOTAL]) * fraction
+                if paced:
+                    n_pacing += 1
+                    continue
+            cap = check_record[c, _CHECK_FREQUENCY_CAP]
+            if cap > 0 and frequency_live and _frequency_count(
+                    ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
+                    now_whole_s, check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
+                n_frequency += 1
+                continue
+            bid = _ecpm_micros(c, price_record, check_record, viewability, ctr,
+                               first_price)
+            if bid < floor:
+                n_floor += 1
+                continue
+            n_eligible += 1
+            if bid > best_bid or (bid == best_bid and c < best):
+                second = best
+                second_bid = best_bid
+                best = c
+                best_bid = bid
+            elif bid > second_bid or (bid == second_bid and c < second):
+                second = c
+                second_bid = bid
+        n_eligible += n_fast_eligible
+        n_floor += n_fast - n_fast_eligible
+        results[RESULT_CAMPAIGN, i] = best
+        results[RESULT_BID, i] = best_bid if best >= 0 else 0
+        results[RESULT_SECOND, i] = second
+        results[RESULT_SECOND_BID, i] = second_bid if second >= 0 else 0
         # The dominant no-bid reason is the latest stage any campaign reached.
         if best >= 0:
             reason = REASON_NONE
@@ -220,7 +336,7 @@ def _evaluate_range(lo, hi,
             reason = REASON_BUDGET
         else:
             reason = REASON_TARGETING
-        out_reason[i] = reason
+        results[RESULT_REASON, i] = reason
         reason_counts[REASON_NONE] += n_eligible
         reason_counts[REASON_TARGETING] += n_campaigns - candidates
         reason_counts[REASON_BUDGET] += n_budget
@@ -233,7 +349,7 @@ def _evaluate_range(lo, hi,
 def evaluate_batch(*args):
     """Serial evaluate over the whole batch; args as _evaluate_range without lo, hi and
     with reason_counts int64[N_REASONS]."""
-    n = len(args[-6])  # out_campaign
+    n = args[-2].shape[1]  # results
     _evaluate_range(0, n, *args)
 
 
@@ -243,7 +359,7 @@ def evaluate_batch_parallel(chunks, *args):
     caller picks, as reading the thread count here would stop caching); each chunk counts
     reasons in its own row, summed at the end (no shared writes)."""
     reason_counts = args[-1]
-    n = len(args[-6])  # out_campaign
+    n = args[-2].shape[1]  # results
     n_chunks = min(n, chunks)
     if n_chunks <= 0:
         return
@@ -262,22 +378,20 @@ def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_
     """The kernel's argument tuple: plain arrays and scalars, in _evaluate_range order."""
     ix = table.index
     return (ix.bits, ix.untargeted, ix.posting_ptr, ix.posting_word, ix.posting_bits,
-            table.pricing_model, table.bid_micros, table.max_bid_micros, table.shading_factor,
-            table.budget_total_micros, table.budget_daily_micros, table.pacing_even,
-            table.flight_start_s, table.flight_end_s, table.frequency_cap,
-            table.frequency_window_s,
-            state.spend_micros, state.daily_spend_micros, state.exhausted,
-            frequency_table.user_hash, frequency_table.campaign, frequency_table.count,
-            frequency_table.window_start_s,
+            ix.posting_dense, ix.dense_bits,
+            table.static_bits, table.price_record, table.check_record,
+            state.spend_micros, state.daily_spend_micros, state.flag_bits,
+            *frequency_table.arrays(),
             batch.index_rows, batch.set_rows, batch.floor_micros,
             batch.user_key_hash, batch.predicted_viewability, batch.predicted_ctr,
             batch.auction_type, float(now_s), float(day_start_s)) + tuple(outputs)
 
 
 def new_outputs(n: int) -> tuple:
-    """(campaign, bid, second, second_bid, reason, reason_counts) output arrays."""
-    return (np.full(n, -1, np.int32), np.zeros(n, np.int64), np.full(n, -1, np.int32),
-            np.zeros(n, np.int64), np.zeros(n, np.int8), np.zeros(N_REASONS, np.int64))
+    """(results, reason_counts): results int64 [RESULT_* rows, n] holds campaign, bid,
+    second, second bid and reason per opportunity; one output array rather than five,
+    as every array argument adds to each call's cost."""
+    return np.empty((N_RESULTS, n), np.int64), np.zeros(N_REASONS, np.int64)
 
 
 def parallel_chunks() -> int:

@@ -18,12 +18,14 @@ class FrequencyTable:
     campaign: np.ndarray        # int32, EMPTY = free slot
     count: np.ndarray           # int32, impressions in the window
     window_start_s: np.ndarray  # int64, the window opens at the first impression
+    entries: np.ndarray         # int64 [1]: used slots, so evaluate skips an empty table
 
     @classmethod
     def empty(cls, capacity: int = 1024) -> "FrequencyTable":
         capacity = 1 << max(4, (int(capacity) - 1).bit_length())
         return cls(np.zeros(capacity, np.int64), np.full(capacity, EMPTY, np.int32),
-                   np.zeros(capacity, np.int32), np.zeros(capacity, np.int64))
+                   np.zeros(capacity, np.int32), np.zeros(capacity, np.int64),
+                   np.zeros(1, np.int64))
 
     @property
     def capacity(self) -> int:
@@ -33,7 +35,7 @@ class FrequencyTable:
         return int(np.count_nonzero(self.campaign != EMPTY))
 
     def arrays(self) -> tuple:
-        return self.user_hash, self.campaign, self.count, self.window_start_s
+        return self.user_hash, self.campaign, self.count, self.window_start_s, self.entries
 
 
 @kernel()
@@ -60,7 +62,7 @@ def _find_slot(keys_user, keys_campaign, user_key, campaign_id):
 
 
 @kernel()
-def frequency_count(user_hash, campaign, count, window_start_s, user_key, campaign_id,
+def frequency_count(user_hash, campaign, count, window_start_s, entries, user_key, campaign_id,
                     now_s, window_s):
     """Impressions in the current window; 0 when absent or the window has expired."""
     slot = _find_slot(user_hash, campaign, user_key, campaign_id)
@@ -70,18 +72,18 @@ def frequency_count(user_hash, campaign, count, window_start_s, user_key, campai
 
 
 @kernel()
-def frequency_check(user_hash, campaign, count, window_start_s, users, campaigns, caps,
-                    windows_s, now_s, out_allowed):
+def frequency_check(user_hash, campaign, count, window_start_s, entries, users, campaigns,
+                    caps, windows_s, now_s, out_allowed):
     """Cap check for a batch of (user, campaign): allowed while count < cap (cap 0 = none)."""
     for k in range(len(users)):
         cap = caps[k]
         out_allowed[k] = cap <= 0 or frequency_count(
-            user_hash, campaign, count, window_start_s, users[k], campaigns[k], now_s,
+            user_hash, campaign, count, window_start_s, entries, users[k], campaigns[k], now_s,
             windows_s[k]) < cap
 
 
 @kernel()
-def frequency_record(user_hash, campaign, count, window_start_s, users, campaigns,
+def frequency_record(user_hash, campaign, count, window_start_s, entries, users, campaigns,
                      windows_s, now_s):
     """Count one impression per (users[k], campaigns[k]). A window opens at the first
     impression and lasts windows_s[k]; an expired window restarts at 1. Returns the number
@@ -97,6 +99,7 @@ def frequency_record(user_hash, campaign, count, window_start_s, users, campaign
             campaign[slot] = campaigns[k]
             count[slot] = 1
             window_start_s[slot] = now_s
+            entries[0] += 1
             added += 1
         elif now_s - window_start_s[slot] >= windows_s[k]:
             count[slot] = 1
@@ -107,8 +110,8 @@ def frequency_record(user_hash, campaign, count, window_start_s, users, campaign
 
 
 @kernel()
-def frequency_rehash(user_hash, campaign, count, window_start_s, remap, new_user_hash,
-                     new_campaign, new_count, new_window_start_s):
+def frequency_rehash(user_hash, campaign, count, window_start_s, entries, remap,
+                     new_user_hash, new_campaign, new_count, new_window_start_s, new_entries):
     """Copy live entries into a new (larger or fresh) table, renumbering campaigns through
     `remap` (old index -> new index, -1 = campaign gone, entry dropped)."""
     for slot in range(len(campaign)):
@@ -123,6 +126,7 @@ def frequency_rehash(user_hash, campaign, count, window_start_s, remap, new_user
         new_campaign[dst] = nc
         new_count[dst] = count[slot]
         new_window_start_s[dst] = window_start_s[slot]
+        new_entries[0] += 1
 
 
 def grown(table: FrequencyTable, extra: int, remap: np.ndarray | None = None,

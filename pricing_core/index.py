@@ -9,7 +9,11 @@ row0[d] + vocab_size[d] holds the untargeted ones only, for values no campaign t
 Set dimensions (category, segment, deal, and domain, whose vocabulary is large): a dense
 "untargeted" row per dimension, and per value a sparse postings list of the non-zero words
 of "campaigns that target this value" (`posting_ptr` into `posting_word`/`posting_bits`),
-so memory grows with targeting entries, not with vocabulary x campaigns. An opportunity's
+so memory grows with targeting entries, not with vocabulary x campaigns. A value targeted
+by campaigns in at least 1/DENSE_DIVISOR of the words is kept as a dense row instead
+(`posting_dense[p]` >= 0 names its row of `dense_bits`, and its sparse range is empty):
+ORing a dense row streams and vectorises, where that many scattered words do not. An
+opportunity's
 accepted set on a set dimension is the untargeted row ORed with the postings of each of
 its values (any common value matches); dimensions are ANDed.
 """
@@ -19,6 +23,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+# A posting list with at least n_words / DENSE_DIVISOR words is stored dense (measured: a
+# scattered word costs about as much as four streamed ones).
+DENSE_DIVISOR = 4
 
 
 def _pack_rows(mask: np.ndarray, n_words: int) -> np.ndarray:
@@ -58,6 +66,8 @@ class TargetingIndex:
     posting_ptr: np.ndarray   # int64 [postings + 1]
     posting_word: np.ndarray  # int32 [non-zero words]
     posting_bits: np.ndarray  # uint64 [non-zero words]
+    posting_dense: np.ndarray  # int32 [postings]: row of dense_bits, -1 = sparse
+    dense_bits: np.ndarray    # uint64 [dense rows, words]
 
     @property
     def n_postings(self) -> int:
@@ -95,5 +105,24 @@ class TargetingIndex:
         ptr, word, wbits = _postings(np.concatenate(values) if values else np.zeros(0),
                                      np.concatenate(campaigns) if campaigns else np.zeros(0),
                                      offset)
+        ptr, word, wbits, dense, dense_bits = _split_dense(ptr, word, wbits, n_words)
         return cls(bits, row0, np.array([s[2] for s in single], np.int32), untargeted,
-                   posting0, ptr, word, wbits)
+                   posting0, ptr, word, wbits, dense, dense_bits)
+
+
+def _split_dense(ptr, word, wbits, n_words):
+    """Move the posting lists holding >= n_words / DENSE_DIVISOR words to dense rows."""
+    counts = np.diff(ptr)
+    is_dense = counts * DENSE_DIVISOR >= n_words
+    is_dense &= counts > 0
+    dense = np.full(len(counts), -1, np.int32)
+    dense[is_dense] = np.arange(int(is_dense.sum()), dtype=np.int32)
+    dense_bits = np.zeros((int(is_dense.sum()), n_words), np.uint64)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    moved = is_dense[owner]
+    dense_bits[dense[owner[moved]], word[moved]] = wbits[moved]
+    keep = ~moved
+    new_ptr = np.zeros_like(ptr)
+    new_ptr[1:] = np.cumsum(np.where(is_dense, 0, counts))
+    return (new_ptr, np.ascontiguousarray(word[keep]), np.ascontiguousarray(wbits[keep]),
+            dense, dense_bits)

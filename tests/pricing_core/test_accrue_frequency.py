@@ -20,7 +20,7 @@ def _accrue(table, state, events):
     return accrue_events(c, p, k, table.pricing_model, table.budget_total_micros,
                          table.budget_daily_micros, state.spend_micros,
                          state.daily_spend_micros, state.impressions, state.viewables,
-                         state.clicks, state.exhausted)
+                         state.clicks, state.exhausted, table.pacing_even, state.flag_bits)
 
 
 @settings(max_examples=200, deadline=None)
@@ -107,3 +107,40 @@ def test_rehash_renumbers_and_drops_removed_campaigns():
     moved = grown(table, 0, remap=np.array([-1, 0], np.int32))
     assert frequency_count(*moved.arrays(), 2, 0, 1, 60) == 1
     assert frequency_count(*moved.arrays(), 1, 0, 1, 60) == 0
+
+
+def _expected_flags(table, s):
+    """flag_bits as the CampaignState docstring defines them, from the counters."""
+    from pricing_core.campaigns import pack_campaign_bits
+    daily = table.budget_daily_micros
+    over_budget = (s.exhausted != 0) | (s.spend_micros >= table.budget_total_micros) | (
+        (daily > 0) & (s.daily_spend_micros >= daily))
+    spent = (table.pacing_even != 0) & ((s.spend_micros != 0) | (s.daily_spend_micros != 0))
+    return pack_campaign_bits(np.stack([over_budget, spent]), len(table))
+
+
+@settings(max_examples=100, deadline=None)
+@given(specs=campaign_specs(n_max=6), replacement=campaign_specs(n_max=6), data=st.data())
+def test_flag_bits_follow_the_counters_through_accrue_day_roll_and_replace(
+        specs, replacement, data):
+    from pricing_core.engine import PricingEngine
+    now = [100 * 86400 + 3600.0]
+    engine = PricingEngine(specs, clock=lambda: now[0])
+    for step in range(data.draw(st.integers(1, 6))):
+        action = data.draw(st.sampled_from(["accrue", "accrue", "day", "replace"]))
+        if action == "day":
+            now[0] += 86400
+            engine._roll_day(now[0])
+        elif action == "replace":
+            # Persisting ids keep counters; budgets may change under them.
+            engine.replace(replacement if data.draw(st.booleans()) else specs)
+        else:
+            n = len(engine.table)
+            events = data.draw(st.lists(st.tuples(
+                st.integers(-1, n), st.sampled_from([0, 1, 500, 1000, 10 ** 9]),
+                st.integers(0, 2)), max_size=20))
+            if events:
+                engine.accrue([e[0] for e in events], [e[1] for e in events],
+                              [e[2] for e in events])
+        g = engine._generation
+        assert (g.state.flag_bits == _expected_flags(g.table, g.state)).all(), step

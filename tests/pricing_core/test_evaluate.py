@@ -3,6 +3,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pricing_core import evaluate as ev
+from pricing_core.accrue import refresh_flags
 from pricing_core.campaigns import CampaignSpec, CampaignState, CampaignTable
 from pricing_core.frequency import FrequencyTable, frequency_record, grown
 from pricing_core.opportunities import Opportunity, OpportunityBatch, user_key_hash
@@ -45,6 +46,10 @@ def _world(specs, draw_state):
 
 def _run(specs, opps, state, freq, parallel, now_s=NOW_S):
     table = CampaignTable.from_specs(specs)
+    # The counters were set by hand: derive the flag bits as accrue would have.
+    refresh_flags(table.budget_total_micros, table.budget_daily_micros, table.pacing_even,
+                  state.spend_micros, state.daily_spend_micros, state.exhausted,
+                  state.flag_bits)
     batch = OpportunityBatch.encode(table, opps)
     outputs = ev.new_outputs(len(opps))
     args = ev.evaluate_args(table, state, freq, batch, now_s, DAY_START_S, outputs)
@@ -52,8 +57,9 @@ def _run(specs, opps, state, freq, parallel, now_s=NOW_S):
         ev.evaluate_batch_parallel(3, *args)
     else:
         ev.evaluate_batch(*args)
-    rows = [tuple(int(a[i]) for a in outputs[:5]) for i in range(len(opps))]
-    return rows, [int(x) for x in outputs[5]]
+    results, reason_counts = outputs
+    rows = [tuple(int(x) for x in results[:, i]) for i in range(len(opps))]
+    return rows, [int(x) for x in reason_counts]
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,5 +1,5 @@
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 
 from pricing_core import evaluate as ev
 from pricing_core.bench import synthetic_campaigns
@@ -19,7 +19,8 @@ def _index_targeted(specs, opps):
     out = []
     for i in range(len(opps)):
         words = ev._targeted_words(i, ix.bits, ix.untargeted, ix.posting_ptr,
-                                   ix.posting_word, ix.posting_bits, batch.index_rows,
+                                   ix.posting_word, ix.posting_bits, ix.posting_dense,
+                                   ix.dense_bits, batch.index_rows,
                                    batch.set_rows, np.empty(n_words, np.uint64),
                                    np.empty(n_words, np.uint64))
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")
@@ -38,7 +39,9 @@ def test_index_never_prunes_an_eligible_campaign_and_admits_no_other(specs, opps
     assert _index_targeted(specs, opps) == _reference_targeted(specs, opps)
 
 
-@settings(max_examples=25, deadline=None)
+# Large campaign sets are the point (as in test_evaluate's twin), so generation is slow.
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
 @given(specs=campaign_specs(n_max=300), opps=opportunities(n_max=8))
 def test_index_is_exact_past_one_word(specs, opps):
     # More than 64 campaigns: postings span several words, some of them empty.
