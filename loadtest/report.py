@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from loadtest.scenario import Expectation, Scenario
 from loadtest.truth import CAUSE_TEXT, Truth
-from services.reconcile import STAGE_ROLE, STAGES, ChainCounts
+from services.reconcile import STAGE_ROLE, STAGES, Billing, ChainCounts
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
@@ -48,14 +48,14 @@ def build(scenario: Scenario, scale: float, seed: int, before: ChainCounts, afte
         })
         previous = value
     rendered, measurable, viewable = stages["rendered"], stages["measurable"], stages["viewable"]
-    spend = spend_micros / 1e6
+    money = Billing(served=rendered, viewable=viewable, spend_micros=spend_micros)
     billing = {
         "served": rendered, "measurable": measurable, "viewable": viewable,
-        "spend_usd": round(spend, 6),
-        "cpm_usd": round(spend / rendered * 1000, 4) if rendered else None,
+        "spend_usd": round(spend_micros / 1e6, 6),
+        "cpm_usd": round(money.cpm, 4) if rendered else None,
         "viewable_rate": _ratio(viewable, rendered),
         "viewable_of_measurable": _ratio(viewable, measurable),
-        "effective_vcpm_usd": round(spend / viewable * 1000, 4) if viewable else None,
+        "effective_vcpm_usd": round(money.effective_vcpm, 4) if viewable else None,
     }
     causes = {}
     for gap, found in truth.causes().items():

@@ -219,26 +219,6 @@ def report(snapshots: Mapping[str, counts_pb2.CountsSnapshot], journals: Journal
     return result
 
 
-def format_stage_table(counts: ChainCounts) -> str:
-    """Counts per stage with the discrepancy to the stage before."""
-    rows = [f"{'stage':<12}{'counted by':<12}{'count':>12}{'vs previous':>14}"]
-    previous = None
-    for stage in STAGES:
-        value = counts.stages[stage]
-        gap = f"{_gap(previous, value) * 100:+.1f}%" if previous else ""
-        rows.append(f"{stage:<12}{STAGE_ROLE[stage]:<12}{value:>12,}{gap:>14}")
-        previous = value
-    money = billing(counts)
-    rows.append("")
-    rows.append(f"spend at the ad server's count: ${money.spend_micros / 1e6:,.2f} (CPM ${money.cpm:,.2f})")
-    if money.viewable:
-        measurable = counts.stages["measurable"]
-        rows.append(f"viewable rate {money.viewable_rate * 100:.1f}% of served"
-                    f" ({money.viewable / measurable * 100:.1f}% of measurable), "
-                    f"effective vCPM ${money.effective_vcpm:,.2f}")
-    return "\n".join(rows)
-
-
 def format_report(result: dict) -> str:
     """The media plan's four numbers per campaign and in total, the stage
     discrepancies, and the causes of every gap."""

@@ -8,10 +8,6 @@ import random
 from pricing_core.campaigns import CampaignSpec, validate_specs
 from services.runtime.config import ServerSettings
 
-FORMATS = ("banner", "video", "audio", "native")
-PRICING_MODELS = ("cpm", "vcpm", "cpc")
-
-
 @dataclasses.dataclass(frozen=True)
 class CampaignSettings:
     """One campaign as configured; `spec()` is what pricing_core evaluates."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adchain.v1 import counts_pb2
-from services.reconcile import Billing, ChainCounts, billing, chain_counts, format_stage_table
+from services.reconcile import Billing, billing, chain_counts
 
 SEED = {"won": 5_200_000, "returned": 5_050_000, "rendered": 4_920_000, "measurable": 4_610_000,
         "viewable": 3_180_000}
@@ -43,9 +43,3 @@ def test_the_other_seed_figures():
     money = Billing(served=4_000_000, viewable=2_800_000, spend_micros=4_000_000 * 5_000_000 // 1000)
     assert money.spend_micros == 20_000 * 1_000_000
     assert round(money.effective_vcpm, 2) == 7.14
-
-
-def test_the_stage_table_shows_each_gap():
-    table = format_stage_table(ChainCounts(SEED, SEED["rendered"] * CPM_MICROS))
-    assert "returned    ssp            5,050,000         -2.9%" in table
-    assert "viewable rate 64.6% of served" in table and "effective vCPM $9.28" in table
