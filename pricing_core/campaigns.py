@@ -34,6 +34,10 @@ STATIC_NO_BUDGET, STATIC_FLIGHT, STATIC_EVEN, STATIC_CAPPED = range(4)
 PRICE_BID, PRICE_SHADING, PRICE_MAX_BID, PRICE_MODEL = range(4)
 (CHECK_BUDGET_TOTAL, CHECK_BUDGET_DAILY, CHECK_PACING_EVEN, CHECK_FLIGHT_START,
  CHECK_FLIGHT_END, CHECK_FREQUENCY_CAP, CHECK_FREQUENCY_WINDOW, CHECK_MAX_BID) = range(8)
+# The largest max bid, $4,294.967295 CPM: evaluate ranks a candidate by one int64 key,
+# bid << 31 | (2**31 - 1 - position), which holds any bid below 2**32 (and caps in float64
+# arithmetic, exact for every integer this size and that integer + 0.5).
+MAX_BID_MICROS = 2 ** 32 - 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,9 @@ def validate_specs(specs: Sequence[CampaignSpec]) -> list[str]:
                 errors.append(f"{where}: {name} must be non-negative")
         if _is_int(s.bid_micros) and _is_int(s.max_bid_micros) and s.max_bid_micros <= 0:
             errors.append(f"{where}: max_bid_micros must be positive")
+        if _is_int(s.max_bid_micros) and s.max_bid_micros > MAX_BID_MICROS:
+            errors.append(f"{where}: max_bid_micros must be at most {MAX_BID_MICROS} "
+                          "($4,294.967295 CPM)")
         if not (isinstance(s.shading_factor, (int, float)) and 0 < s.shading_factor <= 1):
             errors.append(f"{where}: shading_factor must be in (0, 1]")
         if _is_int(s.frequency_cap) and s.frequency_cap > 0 and not (

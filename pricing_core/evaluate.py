@@ -14,8 +14,17 @@ budget failures are counted by popcount of the masked words.
 
 Bid as eCPM in micros per thousand: CPM -> bid; vCPM -> bid x predicted viewability;
 CPC -> bid x predicted CTR x 1000; first price -> x shading factor. The float product is
-rounded once, half up (floor(x + 0.5), x >= 0), then capped at max_bid_micros. A bid
-below the floor is ineligible. Ties go to the lower campaign index, for best and second.
+capped at max_bid_micros and rounded once, half up (floor(x + 0.5), x >= 0). A bid below
+the floor is ineligible. Ties go to the lower campaign index, for best and second.
+
+Per opportunity the work runs in passes without data-dependent branches where the data
+is unpredictable (which campaign passes targeting, its model, whether it clears the
+floor): a vectorised pass splits the targeted words into budget failures, fast and slow
+candidates; a collection pass lists the fast ones' indices and asks the cache for their
+price rows; a pricing pass writes every fast candidate's ranked bid (-1 below the floor);
+and two maximum passes pick the best and second. Measured on the benchmark world, branchy
+versions of these loops spent most of their time on mispredictions, and a running top-two
+kept in registers chained every candidate to the one before.
 
 "Checks": one check = one (opportunity, campaign) pair decided. Pairs the targeting index
 excludes count as decided (the index proves them ineligible; they are counted under the
@@ -43,6 +52,8 @@ N_RESULTS = 5
 _MODEL_VCPM = 1   # campaigns.MODEL_VCPM (kept literal: cached kernels freeze globals)
 _MODEL_CPC = 2    # campaigns.MODEL_CPC
 _FIRST_PRICE = 1  # OpenRTB BidRequest.at
+_KEY_SHIFT = 31   # rank keys: bid << 31 | (2**31 - 1 - position in the candidate list)
+_KEY_POSITION = np.int64(2 ** 31 - 1)
 _SECONDS_PER_DAY = 86400.0
 # campaigns.STATIC_*, FLAG_*, PRICE_* and CHECK_* (literal for the same reason).
 _STATIC_NO_BUDGET, _STATIC_FLIGHT, _STATIC_EVEN, _STATIC_CAPPED = 0, 1, 2, 3
@@ -158,21 +169,31 @@ def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, postin
 
 
 @kernel()
-def _ecpm_micros(c, price_record, check_record, viewability, ctr, first_price):
-    """eCPM in micros, one rounding (floor(x + 0.5)), capped at max bid. The model's
-    factors are 1.0 where the rule has no factor (x * 1.0 is exact), so this is the same
-    product, in the same order, as reference.ecpm_micros."""
+def _ecpm_micros(c, price_record, viewability, ctr, shade_mul, shade_add):
+    """eCPM in micros, capped at max bid, rounded once half up. The same product, in the
+    same order, as reference.ecpm_micros: a factor the model lacks is 1.0 (x * 1.0 is
+    exact) and the shading multiplier is shading * 1.0 + 0.0 in first price and
+    shading * 0.0 + 1.0 = 1.0 in second price. Selects, not branches: the model varies
+    unpredictably between candidates. int64(min(x, max) + 0.5) equals the reference's
+    "max if x >= max else floor(x + 0.5)": x >= 0 (truncation is floor) and max bids are
+    integers at most campaigns.MAX_BID_MICROS, so max and max + 0.5 are exact."""
     model = price_record[c, _PRICE_MODEL]
-    # Selects, not branches: the model varies unpredictably between candidates.
     factor = viewability if model == _MODEL_VCPM else 1.0
     factor = ctr if model == _MODEL_CPC else factor
     per_mille = 1000.0 if model == _MODEL_CPC else 1.0
     x = price_record[c, _PRICE_BID] * factor * per_mille
-    if first_price:
-        x = x * price_record[c, _PRICE_SHADING]
-    if x >= price_record[c, _PRICE_MAX_BID]:
-        return check_record[c, _CHECK_MAX_BID]
-    return np.int64(np.floor(x + 0.5))
+    x = x * (price_record[c, _PRICE_SHADING] * shade_mul + shade_add)
+    return np.int64(min(x, price_record[c, _PRICE_MAX_BID]) + 0.5)
+
+
+@kernel()
+def _rank_key(listed, k, price_record, viewability, ctr, shade_mul, shade_add, floor):
+    """Candidate k's rank key: bid << 31 | (2**31 - 1 - k), or -1 below the floor. Bids
+    are at most MAX_BID_MICROS < 2**32 and k < 2**31, so the key fits an int64."""
+    bid = _ecpm_micros(np.uint64(listed[k]), price_record, viewability, ctr, shade_mul,
+                       shade_add)
+    below = np.int64(bid < floor)
+    return ((bid << _KEY_SHIFT) | (_KEY_POSITION - k)) | -below
 
 
 @kernel()
@@ -187,18 +208,20 @@ def _evaluate_range(lo, hi,
                     results, reason_counts):
     n_campaigns = price_record.shape[0]
     n_words = index_bits.shape[1]
-    # Two allocations per call (they show in single-opportunity calls): the index's
-    # scratch rows, and the candidate list, fast ones from the front and slow ones from
-    # the back (together at most every campaign).
-    scratch = np.empty((2, n_words), np.uint64)
-    listed = np.empty(n_words * 64, np.int32)
-    last = n_words * 64 - 1
+    # Scratch for the whole call: the index's two rows and the slow candidates' words;
+    # the candidate list and its bids start small (single-opportunity calls pay for each
+    # allocation) and grow when an opportunity has more candidates.
+    scratch = np.empty((3, n_words), np.uint64)
+    capacity = min(n_campaigns, 4096)
+    listed = np.empty(capacity + 2, np.uint32)
+    fast_bids = np.empty(capacity, np.int64)
     now_whole_s = np.int64(now_s)
     # Which targeted campaigns need the checks after budget, per word. A campaign outside
     # these rows has no flight window, cannot be held back by pacing (even pacing with no
     # spend yet today is never ahead of pace once the day has started) and has no
     # frequency count to look up (no cap, or an empty table).
     frequency_live = ft_entries[0] > 0
+    capped_mask = ~np.uint64(0) if frequency_live else np.uint64(0)
     pace_bits = flag_bits
     pace_row = _FLAG_SPENT
     if now_s < day_start_s:
@@ -219,63 +242,85 @@ def _evaluate_range(lo, hi,
         n_fast_eligible = 0
         n_slow = 0
         floor = floor_micros[i]
-        first_price = auction_type[i] == _FIRST_PRICE
         viewability = predicted_viewability[i]
         ctr = predicted_ctr[i]
+        first_price = auction_type[i] == _FIRST_PRICE
+        shade_mul = 1.0 if first_price else 0.0
+        shade_add = 0.0 if first_price else 1.0
         # Targeting is decided whole by the index; only surviving campaigns are visited.
         words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
                                 posting_bits, posting_dense, dense_bits, index_rows,
                                 set_rows, scratch[0], scratch[1])
+        # Budget, 64 campaigns at a time (a campaign bids while any budget remains; the
+        # last event may overshoot by at most its own price), and the fast/slow split:
+        # words keeps the fast candidates, slow_words the rest.
+        slow_words = scratch[2]
+        slow_any = np.uint64(0)
         for w in range(n_words):
             targeted = words[w]
-            if targeted == 0:
-                continue
             candidates += _popcount(targeted)
-            # Budget, 64 campaigns at a time: a campaign bids while any budget remains;
-            # the last event may overshoot by at most its own price.
             over_budget = targeted & (flag_bits[_FLAG_BUDGET, w]
                                       | static_bits[_STATIC_NO_BUDGET, w])
             n_budget += _popcount(over_budget)
             alive = targeted & ~over_budget
-            slow_bits = static_bits[_STATIC_FLIGHT, w] | pace_bits[pace_row, w]
-            if frequency_live:
-                slow_bits |= static_bits[_STATIC_CAPPED, w]
-            fast = alive & ~slow_bits
+            slow_bits = (static_bits[_STATIC_FLIGHT, w] | pace_bits[pace_row, w]
+                         | (static_bits[_STATIC_CAPPED, w] & capped_mask))
+            words[w] = alive & ~slow_bits
             slow = alive & slow_bits
-            # Collect first, decide after: a word's bit loop ends unpredictably, and
-            # deciding in a separate counted loop keeps many candidates' loads in flight.
+            slow_words[w] = slow
+            slow_any |= slow
+        if candidates > capacity:
+            capacity = candidates
+            listed = np.empty(capacity + 2, np.uint32)
+            fast_bids = np.empty(capacity, np.int64)
+        # The fast candidates' indices, ascending. Two unconditional steps per word cover
+        # most words (few campaigns per word pass targeting; a step on an empty word
+        # writes past the end of the list and counts nothing), the loop the rest.
+        for w in range(n_words):
+            fast = words[w]
+            base = w * 64
+            for _ in range(2):
+                c = base + np.int64(_cttz(fast))
+                listed[n_fast] = c
+                _prefetch_row(price_record, c)
+                n_fast += np.int64(fast != 0)
+                fast &= fast - np.uint64(1)
             while fast != 0:
-                c = w * 64 + np.int64(_cttz(fast))
+                c = base + np.int64(_cttz(fast))
                 listed[n_fast] = c
                 _prefetch_row(price_record, c)
                 n_fast += 1
                 fast &= fast - np.uint64(1)
-            while slow != 0:
-                listed[last - n_slow] = w * 64 + np.int64(_cttz(slow))
-                n_slow += 1
-                slow &= slow - np.uint64(1)
+        if slow_any != 0:
+            for w in range(n_words):
+                slow = slow_words[w]
+                while slow != 0:
+                    listed[n_fast + n_slow] = w * 64 + np.int64(_cttz(slow))
+                    n_slow += 1
+                    slow &= slow - np.uint64(1)
+        # Fast candidates, in two passes over the list the compiler vectorises (gathers,
+        # no stores, no branches): the first counts the eligible and finds the largest
+        # rank key, the second the largest key below it. Keys are unique and order by
+        # bid, then by lower position (= lower campaign index); -1 below the floor.
+        top = np.int64(-1)
         for k in range(n_fast):
-            c = np.int64(listed[k])
-            bid = _ecpm_micros(c, price_record, check_record, viewability, ctr,
-                               first_price)
-            # Branch-free floor test (floors and bids are unpredictable): a bid below
-            # the floor ranks as -1, which never enters the top two.
-            eligible = bid >= floor
-            n_fast_eligible += np.int64(eligible)
-            ranked = bid if eligible else np.int64(-1)
-            # Ranked by (bid descending, campaign ascending): fast and slow candidates
-            # are visited apart, so ties compare indices.
-            if ranked > second_bid or (ranked == second_bid and c < second):
-                if ranked > best_bid or (ranked == best_bid and c < best):
-                    second = best
-                    second_bid = best_bid
-                    best = c
-                    best_bid = ranked
-                else:
-                    second = c
-                    second_bid = ranked
+            key = _rank_key(listed, k, price_record, viewability, ctr, shade_mul, shade_add,
+                            floor)
+            n_fast_eligible += np.int64(key >= 0)
+            top = max(top, key)
+        if top >= 0:
+            best = np.int64(listed[_KEY_POSITION - (top & _KEY_POSITION)])
+            best_bid = top >> _KEY_SHIFT
+            runner_up = np.int64(-1)
+            for k in range(n_fast):
+                key = _rank_key(listed, k, price_record, viewability, ctr, shade_mul,
+                                shade_add, floor)
+                runner_up = max(runner_up, key if key < top else np.int64(-1))
+            if runner_up >= 0:
+                second = np.int64(listed[_KEY_POSITION - (runner_up & _KEY_POSITION)])
+                second_bid = runner_up >> _KEY_SHIFT
         for k in range(n_slow):
-            c = np.int64(listed[last - k])
+            c = np.int64(listed[n_fast + k])
             # Pacing: flight window, then even pacing (spend may not run ahead of
             # the elapsed fraction of the day, or of the flight).
             fs = check_record[c, _CHECK_FLIGHT_START]
@@ -301,12 +346,12 @@ def _evaluate_range(lo, hi,
                     now_whole_s, check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
                 n_frequency += 1
                 continue
-            bid = _ecpm_micros(c, price_record, check_record, viewability, ctr,
-                               first_price)
+            bid = _ecpm_micros(c, price_record, viewability, ctr, shade_mul, shade_add)
             if bid < floor:
                 n_floor += 1
                 continue
             n_eligible += 1
+            # Ranked by (bid descending, campaign ascending) against the fast winners.
             if bid > best_bid or (bid == best_bid and c < best):
                 second = best
                 second_bid = best_bid

@@ -105,6 +105,10 @@ class OpportunityBatch:
                 raise ValueError(f"auction_type must be 1 or 2, got {o.auction_type!r}")
             if o.floor_micros < 0:
                 raise ValueError(f"floor_micros must be non-negative, got {o.floor_micros}")
+            for name in ("predicted_viewability", "predicted_ctr"):
+                value = getattr(o, name)
+                if not 0.0 <= value <= 1.0:  # False for NaN too
+                    raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
         return cls(
             index_rows=rows,
             set_rows=set_rows,

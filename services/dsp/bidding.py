@@ -130,7 +130,15 @@ def _placement(i: int, imp: openrtb_pb2.Imp) -> Placement:
     if not offered:
         raise InvalidArgument(where, "offers none of banner, video, audio, native")
     fmt = offered[0]
-    metrics = {m.type: m.value for m in imp.metric if m.HasField("value")}
+    metrics = {}
+    for j, m in enumerate(imp.metric):
+        if not m.HasField("value"):
+            continue
+        # OpenRTB 2.6 §3.2.5: probabilities are in 0.0-1.0; these two price the bid.
+        if m.type in ("viewability", "click_through_rate") and not 0.0 <= m.value <= 1.0:
+            raise InvalidArgument(f"{where}.metric[{j}].value",
+                                  f"a {m.type} probability must be in [0, 1], got {m.value}")
+        metrics[m.type] = m.value
     return Placement(
         imp_id=imp.id,
         format=fmt,

@@ -99,6 +99,9 @@ class DspSettings:
             problems.append(f"{where}.response_delay_ms: must not be negative")
         if self.response_jitter_ms < 0:
             problems.append(f"{where}.response_jitter_ms: must not be negative")
+        for name in ("default_viewability", "default_ctr"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{where}.{name}: must be a probability in [0, 1]")
         return problems
 
 

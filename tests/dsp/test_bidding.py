@@ -77,6 +77,11 @@ def test_the_imps_floor_is_converted_to_micros_once():
     (lambda r: setattr(r.imp[0], "bidfloorcur", "EUR"), "imp[0].bidfloorcur"),
     (lambda r: r.imp[0].ClearField("banner"), "imp[0]"),
     (lambda r: setattr(r, "at", 3), "at"),
+    (lambda r: r.imp[0].metric.add(type="viewability", value=1.5), "imp[0].metric[0].value"),
+    (lambda r: r.imp[0].metric.add(type="click_through_rate", value=-0.1),
+     "imp[0].metric[0].value"),
+    (lambda r: r.imp[0].metric.add(type="viewability", value=float("nan")),
+     "imp[0].metric[0].value"),
 ])
 def test_bad_requests_name_the_field(mutate, field):
     req = request(banner=openrtb_pb2.Banner(w=300, h=250))

@@ -29,3 +29,9 @@ def test_the_same_seed_draws_the_same_delays():
 
 def test_negative_jitter_is_rejected():
     assert any("response_jitter_ms" in p for p in DspSettings(response_jitter_ms=-1).validate("dsp"))
+
+
+def test_default_predictions_must_be_probabilities():
+    problems = DspSettings(default_viewability=1.2, default_ctr=-0.1).validate("dsp")
+    assert any("default_viewability" in p for p in problems)
+    assert any("default_ctr" in p for p in problems)

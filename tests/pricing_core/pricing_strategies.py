@@ -40,7 +40,7 @@ def campaign_specs(draw, n_max=10):
             id=f"c{i}", advertiser_domain=draw(st.sampled_from(["x.com", "y.com"])),
             pricing_model=model,
             bid_micros=draw(money) if model != "cpc" else draw(st.integers(0, 3_000_000)),
-            max_bid_micros=draw(st.sampled_from([1, 1_000_000, 10 ** 12])),
+            max_bid_micros=draw(st.sampled_from([1, 1_000_000, 2 ** 32 - 1])),
             budget_total_micros=draw(st.sampled_from([0, 1000, 10 ** 9])),
             budget_daily_micros=daily, pacing=pacing, frequency_cap=cap,
             frequency_window_s=draw(st.sampled_from([60, 3600])) if cap else 0,

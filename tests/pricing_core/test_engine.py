@@ -40,6 +40,21 @@ def test_invalid_specs_report_every_error_together():
         assert needle in text
 
 
+def test_a_max_bid_beyond_the_rank_key_is_refused():
+    PricingEngine([_spec("a", max_bid_micros=2 ** 32 - 1)])
+    with pytest.raises(ValueError, match="max_bid_micros must be at most 4294967295"):
+        PricingEngine([_spec("a", max_bid_micros=2 ** 32)])
+
+
+@pytest.mark.parametrize("field, value", [("predicted_viewability", 1.01),
+                                          ("predicted_ctr", -0.5),
+                                          ("predicted_ctr", float("nan"))])
+def test_predictions_outside_0_1_are_refused(field, value):
+    engine = PricingEngine([_spec("a")], clock=lambda: NOW)
+    with pytest.raises(ValueError, match=field):
+        engine.evaluate([_opp(**{field: value})])
+
+
 def test_budget_exhaustion_stops_bidding():
     engine = PricingEngine([_spec("a", budget_total_micros=1000)], clock=lambda: NOW)
     assert engine.evaluate([_opp()]).campaign[0] == 0

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from pricing_core import evaluate as ev
 from pricing_core.accrue import refresh_flags
-from pricing_core.campaigns import CampaignSpec, CampaignState, CampaignTable
+from pricing_core.campaigns import MAX_BID_MICROS, CampaignSpec, CampaignState, CampaignTable
 from pricing_core.frequency import FrequencyTable, frequency_record, grown
 from pricing_core.opportunities import Opportunity, OpportunityBatch, user_key_hash
 from pricing_core.reference import ReferenceState, evaluate_reference
@@ -114,6 +114,23 @@ def test_ecpm_cpm_vcpm_cpc_and_first_price_shading():
 def test_ties_go_to_the_lowest_campaign_index():
     specs = [_spec(0, bid_micros=5), _spec(1, bid_micros=7), _spec(2, bid_micros=7)]
     assert _one(specs, _opp())[:4] == (1, 7, 2, 7)
+
+
+def test_ranking_at_the_largest_max_bid_and_across_index_words():
+    """Rank keys pack bid and list position into one int64: bids at MAX_BID_MICROS, ties
+    far apart in the index (other words), and a slow candidate (flight window) tying a
+    fast one must still rank by bid, then lowest campaign index."""
+    top = MAX_BID_MICROS
+    specs = [_spec(i, bid_micros=1_000) for i in range(200)]
+    specs[150] = _spec(150, bid_micros=top, max_bid_micros=top)
+    specs[70] = _spec(70, bid_micros=top + 5, max_bid_micros=top)   # capped to the same bid
+    specs[3] = _spec(3, bid_micros=top, max_bid_micros=top, flight_start_s=0,
+                     flight_end_s=int(NOW_S) + 1000)                 # slow, lowest index
+    assert _one(specs, _opp())[:4] == (3, top, 70, top)
+    specs[3] = _spec(3, bid_micros=999)
+    assert _one(specs, _opp())[:4] == (70, top, 150, top)
+    assert _one(specs, _opp(floor_micros=top))[:4] == (70, top, 150, top)
+    assert _one(specs, _opp(floor_micros=top + 1))[4] == ev.REASON_FLOOR
 
 
 def test_floor_above_every_bid_is_a_below_floor_no_bid():
