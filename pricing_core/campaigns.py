@@ -8,7 +8,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .index import TargetingIndex
+from . import hugepages
+from .index import KernelArrays, TargetingIndex
 
 PRICING_MODELS = ("cpm", "vcpm", "cpc")
 MODEL_CPM, MODEL_VCPM, MODEL_CPC = 0, 1, 2
@@ -181,6 +182,7 @@ class CampaignTable:
     domain_ids: np.ndarray             # int32
     domain_any: np.ndarray             # uint8 [n]
     index: TargetingIndex
+    kernel: KernelArrays               # the index and static_bits as evaluate reads them
     static_bits: np.ndarray            # uint64 [4, words]: STATIC_* rows
     price_record: np.ndarray           # float64 [n, 4]: PRICE_* columns
     check_record: np.ndarray           # int64 [n, 8]: CHECK_* columns
@@ -281,6 +283,13 @@ class CampaignTable:
                         (CHECK_MAX_BID, "max_bid_micros")):
             check_record[:, k] = col(name, np.int64)
         check_record[:, CHECK_PACING_EVEN] = pacing_even
+        # What evaluate reads per opportunity, in its two index arrays and in huge pages
+        # (see hugepages); the index and static bits become views of them.
+        kernel = KernelArrays.build(index, static_bits)
+        words, postings, price_record, check_record = hugepages.pack(
+            [kernel.words, kernel.postings, price_record, check_record])
+        kernel = KernelArrays(words, postings)
+        index, static_bits = kernel.views(index)
 
         return cls(
             specs=specs,
@@ -309,6 +318,7 @@ class CampaignTable:
             domain_ids=domain_ids,
             domain_any=domain_any.astype(np.uint8),
             index=index,
+            kernel=kernel,
             static_bits=static_bits,
             price_record=price_record,
             check_record=check_record,

@@ -54,6 +54,15 @@ _MODEL_CPC = 2    # campaigns.MODEL_CPC
 _FIRST_PRICE = 1  # OpenRTB BidRequest.at
 _KEY_SHIFT = 31   # rank keys: bid << 31 | (2**31 - 1 - position in the candidate list)
 _KEY_POSITION = np.int64(2 ** 31 - 1)
+_SEGMENTS = 8     # fast candidate list segments: the runner-up search prices one of them,
+_SEGMENT_MIN = 128  # and a segment holds at least this many (short loops cost more)
+_INDEXED_DIMS = 4  # campaigns.INDEXED_DIMS
+# index.LAYOUT_*: the header of KernelArrays.postings.
+(_LAYOUT_UNTARGETED, _LAYOUT_DENSE, _LAYOUT_STATIC, _LAYOUT_N_SET, _LAYOUT_PTR,
+ _LAYOUT_DENSE_MAP, _LAYOUT_ENTRIES) = range(7)
+# opportunities.INT_* and FLOAT_*.
+_INT_FLOOR, _INT_USER_KEY_HASH, _INT_AUCTION_TYPE = range(3)
+_FLOAT_VIEWABILITY, _FLOAT_CTR = range(2)
 _SECONDS_PER_DAY = 86400.0
 # campaigns.STATIC_*, FLAG_*, PRICE_* and CHECK_* (literal for the same reason).
 _STATIC_NO_BUDGET, _STATIC_FLIGHT, _STATIC_EVEN, _STATIC_CAPPED = 0, 1, 2, 3
@@ -136,34 +145,41 @@ def _frequency_count(ft_user, ft_campaign, ft_count, ft_start, user_hash, campai
 
 
 @kernel()
-def _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    posting_dense, dense_bits, index_rows, set_rows, acc, tmp):
+def _targeted_words(i, words, postings, opp_rows, acc, tmp):
     """Opportunity i's targeting as a bitmap over campaigns, 64 per word: the AND of its
     single-dimension accept rows, then per set dimension the AND with (untargeted OR the
-    postings of each of its values). Returns the array holding the result (acc or tmp)."""
+    postings of each of its values). Reads the index as index.KernelArrays lays it out and
+    the opportunity's rows as OpportunityBatch.rows. Returns the array holding the result
+    (acc or tmp)."""
     n_words = acc.shape[0]
-    r0 = index_rows[i, 0]
+    untargeted0 = postings[_LAYOUT_UNTARGETED]
+    dense0 = postings[_LAYOUT_DENSE]
+    n_set = postings[_LAYOUT_N_SET]
+    ptr0 = postings[_LAYOUT_PTR]
+    map0 = postings[_LAYOUT_DENSE_MAP]
+    entries0 = postings[_LAYOUT_ENTRIES]
+    width = (opp_rows.shape[1] - _INDEXED_DIMS) // n_set if n_set else 0
+    # The four single-valued dimensions in one pass.
+    r0, r1, r2, r3 = opp_rows[i, 0], opp_rows[i, 1], opp_rows[i, 2], opp_rows[i, 3]
     for j in range(n_words):
-        acc[j] = index_bits[r0, j]
-    for d in range(1, index_rows.shape[1]):
-        r = index_rows[i, d]
+        acc[j] = words[r0, j] & words[r1, j] & words[r2, j] & words[r3, j]
+    for d in range(n_set):
+        u = untargeted0 + d
         for j in range(n_words):
-            acc[j] &= index_bits[r, j]
-    for d in range(set_rows.shape[1]):
-        for j in range(n_words):
-            tmp[j] = acc[j] & untargeted[d, j]
-        for k in range(set_rows.shape[2]):
-            p = set_rows[i, d, k]
+            tmp[j] = acc[j] & words[u, j]
+        for k in range(width):
+            p = opp_rows[i, _INDEXED_DIMS + d * width + k]
             if p < 0:
                 break
-            r = posting_dense[p]
+            r = postings[map0 + p]
             if r >= 0:
+                r += dense0
                 for j in range(n_words):
-                    tmp[j] |= acc[j] & dense_bits[r, j]
+                    tmp[j] |= acc[j] & words[r, j]
                 continue
-            for e in range(posting_ptr[p], posting_ptr[p + 1]):
-                j = posting_word[e]
-                tmp[j] |= acc[j] & posting_bits[e]
+            for e in range(postings[ptr0 + p], postings[ptr0 + p + 1]):
+                j = postings[entries0 + 2 * e]
+                tmp[j] |= acc[j] & np.uint64(postings[entries0 + 2 * e + 1])
         acc, tmp = tmp, acc
     return acc
 
@@ -198,23 +214,22 @@ def _rank_key(listed, k, price_record, viewability, ctr, shade_mul, shade_add, f
 
 @kernel()
 def _evaluate_range(lo, hi,
-                    index_bits, untargeted, posting_ptr, posting_word, posting_bits,
-                    posting_dense, dense_bits, static_bits, price_record, check_record,
+                    table_words, postings, price_record, check_record,
                     spend_micros, daily_spend_micros, flag_bits,
                     ft_user, ft_campaign, ft_count, ft_start, ft_entries,
-                    index_rows, set_rows, floor_micros, user_key_hash,
-                    predicted_viewability, predicted_ctr, auction_type,
+                    opp_rows, opp_ints, opp_floats,
                     now_s, day_start_s,
                     results, reason_counts):
     n_campaigns = price_record.shape[0]
-    n_words = index_bits.shape[1]
+    n_words = table_words.shape[1]
+    static0 = postings[_LAYOUT_STATIC]  # the table's STATIC_* rows in table_words
     # Scratch for the whole call: the index's two rows and the slow candidates' words;
-    # the candidate list and its bids start small (single-opportunity calls pay for each
-    # allocation) and grow when an opportunity has more candidates.
+    # the candidate list starts small (single-opportunity calls pay for each allocation)
+    # and grows when an opportunity has more candidates.
     scratch = np.empty((3, n_words), np.uint64)
     capacity = min(n_campaigns, 4096)
     listed = np.empty(capacity + 2, np.uint32)
-    fast_bids = np.empty(capacity, np.int64)
+    segment_tops = np.empty(_SEGMENTS, np.int64)
     now_whole_s = np.int64(now_s)
     # Which targeted campaigns need the checks after budget, per word. A campaign outside
     # these rows has no flight window, cannot be held back by pacing (even pacing with no
@@ -225,8 +240,8 @@ def _evaluate_range(lo, hi,
     pace_bits = flag_bits
     pace_row = _FLAG_SPENT
     if now_s < day_start_s:
-        pace_bits = static_bits
-        pace_row = _STATIC_EVEN
+        pace_bits = table_words
+        pace_row = static0 + _STATIC_EVEN
     for i in range(lo, hi):
         best = -1
         best_bid = np.int64(-1)
@@ -241,16 +256,14 @@ def _evaluate_range(lo, hi,
         n_fast = 0  # fast candidates: those not eligible failed only the floor
         n_fast_eligible = 0
         n_slow = 0
-        floor = floor_micros[i]
-        viewability = predicted_viewability[i]
-        ctr = predicted_ctr[i]
-        first_price = auction_type[i] == _FIRST_PRICE
+        floor = opp_ints[i, _INT_FLOOR]
+        viewability = opp_floats[i, _FLOAT_VIEWABILITY]
+        ctr = opp_floats[i, _FLOAT_CTR]
+        first_price = opp_ints[i, _INT_AUCTION_TYPE] == _FIRST_PRICE
         shade_mul = 1.0 if first_price else 0.0
         shade_add = 0.0 if first_price else 1.0
         # Targeting is decided whole by the index; only surviving campaigns are visited.
-        words = _targeted_words(i, index_bits, untargeted, posting_ptr, posting_word,
-                                posting_bits, posting_dense, dense_bits, index_rows,
-                                set_rows, scratch[0], scratch[1])
+        words = _targeted_words(i, table_words, postings, opp_rows, scratch[0], scratch[1])
         # Budget, 64 campaigns at a time (a campaign bids while any budget remains; the
         # last event may overshoot by at most its own price), and the fast/slow split:
         # words keeps the fast candidates, slow_words the rest.
@@ -260,11 +273,11 @@ def _evaluate_range(lo, hi,
             targeted = words[w]
             candidates += _popcount(targeted)
             over_budget = targeted & (flag_bits[_FLAG_BUDGET, w]
-                                      | static_bits[_STATIC_NO_BUDGET, w])
+                                      | table_words[static0 + _STATIC_NO_BUDGET, w])
             n_budget += _popcount(over_budget)
             alive = targeted & ~over_budget
-            slow_bits = (static_bits[_STATIC_FLIGHT, w] | pace_bits[pace_row, w]
-                         | (static_bits[_STATIC_CAPPED, w] & capped_mask))
+            slow_bits = (table_words[static0 + _STATIC_FLIGHT, w] | pace_bits[pace_row, w]
+                         | (table_words[static0 + _STATIC_CAPPED, w] & capped_mask))
             words[w] = alive & ~slow_bits
             slow = alive & slow_bits
             slow_words[w] = slow
@@ -272,8 +285,7 @@ def _evaluate_range(lo, hi,
         if candidates > capacity:
             capacity = candidates
             listed = np.empty(capacity + 2, np.uint32)
-            fast_bids = np.empty(capacity, np.int64)
-        # The fast candidates' indices, ascending. Two unconditional steps per word cover
+                # The fast candidates' indices, ascending. Two unconditional steps per word cover
         # most words (few campaigns per word pass targeting; a step on an empty word
         # writes past the end of the list and counts nothing), the loop the rest.
         for w in range(n_words):
@@ -298,21 +310,35 @@ def _evaluate_range(lo, hi,
                     listed[n_fast + n_slow] = w * 64 + np.int64(_cttz(slow))
                     n_slow += 1
                     slow &= slow - np.uint64(1)
-        # Fast candidates, in two passes over the list the compiler vectorises (gathers,
-        # no stores, no branches): the first counts the eligible and finds the largest
-        # rank key, the second the largest key below it. Keys are unique and order by
-        # bid, then by lower position (= lower campaign index); -1 below the floor.
+        # Fast candidates, priced in loops the compiler vectorises (gathers, no stores, no
+        # branches). Rank keys are unique and order by bid, then by lower position (= lower
+        # campaign index); -1 below the floor. One pass over the list, in segments, counts
+        # the eligible and keeps each segment's largest key; the runner-up is the larger
+        # of the other segments' largest and the best segment's largest below the best,
+        # so only that segment is priced twice (a short list is one segment).
+        n_segments = min(_SEGMENTS, max(1, n_fast // _SEGMENT_MIN))
         top = np.int64(-1)
-        for k in range(n_fast):
-            key = _rank_key(listed, k, price_record, viewability, ctr, shade_mul, shade_add,
-                            floor)
-            n_fast_eligible += np.int64(key >= 0)
-            top = max(top, key)
+        top_segment = 0
+        for g in range(n_segments):
+            seg_top = np.int64(-1)
+            for k in range(g * n_fast // n_segments, (g + 1) * n_fast // n_segments):
+                key = _rank_key(listed, k, price_record, viewability, ctr, shade_mul,
+                                shade_add, floor)
+                n_fast_eligible += np.int64(key >= 0)
+                seg_top = max(seg_top, key)
+            segment_tops[g] = seg_top
+            if seg_top > top:
+                top = seg_top
+                top_segment = g
         if top >= 0:
             best = np.int64(listed[_KEY_POSITION - (top & _KEY_POSITION)])
             best_bid = top >> _KEY_SHIFT
             runner_up = np.int64(-1)
-            for k in range(n_fast):
+            for g in range(n_segments):
+                if g != top_segment:
+                    runner_up = max(runner_up, segment_tops[g])
+            g = top_segment
+            for k in range(g * n_fast // n_segments, (g + 1) * n_fast // n_segments):
                 key = _rank_key(listed, k, price_record, viewability, ctr, shade_mul,
                                 shade_add, floor)
                 runner_up = max(runner_up, key if key < top else np.int64(-1))
@@ -342,8 +368,9 @@ def _evaluate_range(lo, hi,
                     continue
             cap = check_record[c, _CHECK_FREQUENCY_CAP]
             if cap > 0 and frequency_live and _frequency_count(
-                    ft_user, ft_campaign, ft_count, ft_start, user_key_hash[i], c,
-                    now_whole_s, check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
+                    ft_user, ft_campaign, ft_count, ft_start,
+                    opp_ints[i, _INT_USER_KEY_HASH], c, now_whole_s,
+                    check_record[c, _CHECK_FREQUENCY_WINDOW]) >= cap:
                 n_frequency += 1
                 continue
             bid = _ecpm_micros(c, price_record, viewability, ctr, shade_mul, shade_add)
@@ -421,15 +448,10 @@ def evaluate_batch_parallel(chunks, *args):
 def evaluate_args(table, state, frequency_table, batch, now_s: float, day_start_s: float,
                   outputs) -> tuple:
     """The kernel's argument tuple: plain arrays and scalars, in _evaluate_range order."""
-    ix = table.index
-    return (ix.bits, ix.untargeted, ix.posting_ptr, ix.posting_word, ix.posting_bits,
-            ix.posting_dense, ix.dense_bits,
-            table.static_bits, table.price_record, table.check_record,
-            state.spend_micros, state.daily_spend_micros, state.flag_bits,
-            *frequency_table.arrays(),
-            batch.index_rows, batch.set_rows, batch.floor_micros,
-            batch.user_key_hash, batch.predicted_viewability, batch.predicted_ctr,
-            batch.auction_type, float(now_s), float(day_start_s)) + tuple(outputs)
+    return (table.kernel.words, table.kernel.postings, table.price_record,
+            table.check_record, state.spend_micros, state.daily_spend_micros,
+            state.flag_bits, *frequency_table.arrays(), batch.rows, batch.ints, batch.floats,
+            float(now_s), float(day_start_s)) + tuple(outputs)
 
 
 def new_outputs(n: int) -> tuple:

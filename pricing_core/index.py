@@ -19,6 +19,7 @@ its values (any common value matches); dimensions are ANDed.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -64,9 +65,9 @@ class TargetingIndex:
     untargeted: np.ndarray    # uint64 [set dims, words]
     posting0: np.ndarray      # int32 [set dims]: posting id of value 0 of each set dim
     posting_ptr: np.ndarray   # int64 [postings + 1]
-    posting_word: np.ndarray  # int32 [non-zero words]
+    posting_word: np.ndarray  # int32, or int64 in a table [non-zero words]
     posting_bits: np.ndarray  # uint64 [non-zero words]
-    posting_dense: np.ndarray  # int32 [postings]: row of dense_bits, -1 = sparse
+    posting_dense: np.ndarray  # int32, or int64 in a table [postings]: dense_bits row, -1 sparse
     dense_bits: np.ndarray    # uint64 [dense rows, words]
 
     @property
@@ -126,3 +127,61 @@ def _split_dense(ptr, word, wbits, n_words):
     new_ptr[1:] = np.cumsum(np.where(is_dense, 0, counts))
     return (new_ptr, np.ascontiguousarray(word[keep]), np.ascontiguousarray(wbits[keep]),
             dense, dense_bits)
+
+
+# The header of KernelArrays.postings: where each part starts (LAYOUT_* entries).
+(LAYOUT_UNTARGETED, LAYOUT_DENSE, LAYOUT_STATIC, LAYOUT_N_SET, LAYOUT_PTR, LAYOUT_DENSE_MAP,
+ LAYOUT_ENTRIES) = range(7)
+LAYOUT_SIZE = 8
+
+
+@dataclass(frozen=True)
+class KernelArrays:
+    """The index and the table's static bitmaps as evaluate reads them, in two arrays (each
+    array argument adds to every kernel call's cost):
+
+    words: uint64 [rows, words]: the single-dimension accept rows (row r = index.bits[r]),
+      then the set dimensions' untargeted rows from postings[LAYOUT_UNTARGETED], the dense
+      posting rows from postings[LAYOUT_DENSE], the static rows from postings[LAYOUT_STATIC].
+    postings: int64: a LAYOUT_SIZE header, posting_ptr from postings[LAYOUT_PTR] (entry
+      numbers), posting_dense from postings[LAYOUT_DENSE_MAP], and from
+      postings[LAYOUT_ENTRIES] each sparse entry as a (word, bits) pair, so an entry is
+      one read.
+    """
+    words: np.ndarray
+    postings: np.ndarray
+
+    @classmethod
+    def build(cls, index: TargetingIndex, static_bits: np.ndarray) -> "KernelArrays":
+        blocks = (index.bits, index.untargeted, index.dense_bits, static_bits)
+        starts = np.cumsum([0] + [len(b) for b in blocks])
+        words = np.concatenate(blocks) if starts[-1] else np.zeros(
+            (0, index.bits.shape[1]), np.uint64)
+        n_postings = index.n_postings
+        n_entries = len(index.posting_word)
+        postings = np.zeros(LAYOUT_SIZE + 2 * n_postings + 1 + 2 * n_entries, np.int64)
+        ptr0 = LAYOUT_SIZE
+        map0 = ptr0 + n_postings + 1
+        entries0 = map0 + n_postings
+        postings[:LAYOUT_SIZE] = (starts[1], starts[2], starts[3], len(index.untargeted),
+                                  ptr0, map0, entries0, 0)
+        postings[ptr0:map0] = index.posting_ptr
+        postings[map0:entries0] = index.posting_dense
+        postings[entries0::2] = index.posting_word
+        postings[entries0 + 1::2] = index.posting_bits.view(np.int64)
+        return cls(np.ascontiguousarray(words, np.uint64), postings)
+
+    def views(self, index: TargetingIndex) -> tuple[TargetingIndex, np.ndarray]:
+        """`index` with its arrays replaced by views of these (one copy in memory), and the
+        static rows."""
+        h = self.postings[:LAYOUT_SIZE]
+        w, p = self.words, self.postings
+        return dataclasses.replace(
+            index, bits=w[:h[LAYOUT_UNTARGETED]],
+            untargeted=w[h[LAYOUT_UNTARGETED]:h[LAYOUT_DENSE]],
+            dense_bits=w[h[LAYOUT_DENSE]:h[LAYOUT_STATIC]],
+            posting_ptr=p[h[LAYOUT_PTR]:h[LAYOUT_DENSE_MAP]],
+            posting_dense=p[h[LAYOUT_DENSE_MAP]:h[LAYOUT_ENTRIES]],
+            posting_word=p[h[LAYOUT_ENTRIES]::2],
+            posting_bits=p[h[LAYOUT_ENTRIES] + 1::2].view(np.uint64),
+        ), w[h[LAYOUT_STATIC]:]

@@ -41,27 +41,53 @@ class Opportunity:
     auction_type: int = AUCTION_FIRST_PRICE
 
 
+# Columns of OpportunityBatch.ints and .floats.
+INT_FLOOR, INT_USER_KEY_HASH, INT_AUCTION_TYPE = range(3)
+FLOAT_VIEWABILITY, FLOAT_CTR = range(2)
+
+
+def _column(field: str, column: int, doc: str) -> property:
+    """A named view of one column of a 2D field."""
+    return property(lambda self: getattr(self, field)[:, column], doc=doc)
+
+
 @dataclass(frozen=True)
 class OpportunityBatch:
-    """Arrays per opportunity. `index_rows[i, d]` is the targeting-index row for indexed
-    dimension d; `set_rows[i, s, :]` are the index postings of the opportunity's values on
-    set dimension s (SET_DIM_NAMES order), -1 padded, values no campaign targets left out;
-    `feature_bits[i]` uses the table's bitset layout (single-valued dimensions set one bit,
-    or none for a value no campaign targets)."""
-    index_rows: np.ndarray        # int32 [n, INDEXED_DIMS]
-    set_rows: np.ndarray          # int32 [n, len(SET_DIM_NAMES), max values]
+    """Arrays per opportunity. evaluate reads three of them (each array argument adds to
+    every kernel call's cost): `rows[i, :INDEXED_DIMS]` are the targeting-index rows of the
+    single-valued dimensions, then for each set dimension s (SET_DIM_NAMES order) `width`
+    index postings of the opportunity's values, -1 padded, values no campaign targets left
+    out; `ints` holds floor, user key hash and auction type, `floats` the predicted
+    viewability and CTR (INT_*, FLOAT_* columns; named views below). `feature_bits[i]`
+    uses the table's bitset layout (single-valued dimensions set one bit, or none for a
+    value no campaign targets)."""
+    rows: np.ndarray              # int32 [n, INDEXED_DIMS + set dims x width]
+    ints: np.ndarray              # int64 [n, 3]: INT_* columns
+    floats: np.ndarray            # float64 [n, 2]: FLOAT_* columns
     feature_bits: np.ndarray      # uint64 [n, words]
     domain_id: np.ndarray         # int32, -1 = unknown to every campaign
-    floor_micros: np.ndarray      # int64
     format_id: np.ndarray         # int32, -1 unknown
     size_id: np.ndarray           # int32, -1 unknown
-    user_key_hash: np.ndarray     # int64
-    predicted_viewability: np.ndarray  # float64
-    predicted_ctr: np.ndarray     # float64
-    auction_type: np.ndarray      # int8
 
     def __len__(self) -> int:
-        return len(self.floor_micros)
+        return len(self.ints)
+
+    @property
+    def index_rows(self) -> np.ndarray:
+        return self.rows[:, :INDEXED_DIMS]
+
+    @property
+    def set_rows(self) -> np.ndarray:
+        """int32 [n, set dims, width]."""
+        n_set = len(SET_DIM_NAMES)
+        width = (self.rows.shape[1] - INDEXED_DIMS) // n_set
+        return self.rows[:, INDEXED_DIMS:].reshape(len(self.rows), n_set, width)
+
+    floor_micros = _column("ints", INT_FLOOR, "int64 floors in micros")
+    user_key_hash = _column("ints", INT_USER_KEY_HASH, "int64 user key hashes")
+    auction_type = _column("ints", INT_AUCTION_TYPE, "OpenRTB auction types (1, 2)")
+    predicted_viewability = _column("floats", FLOAT_VIEWABILITY, "float64 in [0, 1]")
+    predicted_ctr = _column("floats", FLOAT_CTR, "float64 in [0, 1]")
 
     @classmethod
     def encode(cls, table: CampaignTable,
@@ -109,19 +135,21 @@ class OpportunityBatch:
                 value = getattr(o, name)
                 if not 0.0 <= value <= 1.0:  # False for NaN too
                     raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        ints = np.empty((n, 3), np.int64)
+        ints[:, INT_FLOOR] = [o.floor_micros for o in opportunities]
+        ints[:, INT_USER_KEY_HASH] = [user_key_hash(o.user_key) for o in opportunities]
+        ints[:, INT_AUCTION_TYPE] = [o.auction_type for o in opportunities]
+        floats = np.empty((n, 2), np.float64)
+        floats[:, FLOAT_VIEWABILITY] = [o.predicted_viewability for o in opportunities]
+        floats[:, FLOAT_CTR] = [o.predicted_ctr for o in opportunities]
+        flat_sets = set_rows.reshape(n, len(SET_DIM_NAMES) * width)
         return cls(
-            index_rows=rows,
-            set_rows=set_rows,
+            rows=np.ascontiguousarray(np.concatenate([rows, flat_sets], axis=1), np.int32),
+            ints=ints,
+            floats=floats,
             feature_bits=bits,
             domain_id=np.array([table.domain_vocabulary.get(o.domain) for o in opportunities],
                                np.int32),
-            floor_micros=np.array([o.floor_micros for o in opportunities], np.int64),
             format_id=np.ascontiguousarray(ids[:, DIM_FORMAT]),
             size_id=np.ascontiguousarray(ids[:, DIM_SIZE]),
-            user_key_hash=np.array([user_key_hash(o.user_key) for o in opportunities],
-                                   np.int64),
-            predicted_viewability=np.array([o.predicted_viewability for o in opportunities],
-                                           np.float64),
-            predicted_ctr=np.array([o.predicted_ctr for o in opportunities], np.float64),
-            auction_type=np.array([o.auction_type for o in opportunities], np.int8),
         )

@@ -14,14 +14,11 @@ def _index_targeted(specs, opps):
     """The campaigns the targeting index lets through, per opportunity, as sets."""
     table = CampaignTable.from_specs(specs)
     batch = OpportunityBatch.encode(table, opps)
-    ix = table.index
-    n_words = ix.bits.shape[1]
+    n_words = table.kernel.words.shape[1]
     out = []
     for i in range(len(opps)):
-        words = ev._targeted_words(i, ix.bits, ix.untargeted, ix.posting_ptr,
-                                   ix.posting_word, ix.posting_bits, ix.posting_dense,
-                                   ix.dense_bits, batch.index_rows,
-                                   batch.set_rows, np.empty(n_words, np.uint64),
+        words = ev._targeted_words(i, table.kernel.words, table.kernel.postings, batch.rows,
+                                   np.empty(n_words, np.uint64),
                                    np.empty(n_words, np.uint64))
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")
         assert not bits[len(specs):].any(), "index set a bit past the last campaign"
