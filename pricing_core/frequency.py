@@ -1,6 +1,6 @@
 """Frequency capping: impressions per (user key hash, campaign) per window, in an
-open-addressing hash table held in four arrays (linear probing, power-of-two capacity,
-load kept <= 1/2). evaluate reads it; billed impressions in accrue write it."""
+open-addressing hash table held in one array of four rows (linear probing, power-of-two
+capacity, load kept <= 1/2). evaluate reads it; billed impressions in accrue write it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,30 +12,40 @@ from ._jit import kernel
 EMPTY = -1  # campaign slot value of an unused entry
 
 
+# Rows of FrequencyTable.slots.
+SLOT_USER, SLOT_CAMPAIGN, SLOT_COUNT, SLOT_WINDOW_START = range(4)
+
+
 @dataclass(frozen=True)
 class FrequencyTable:
-    user_hash: np.ndarray       # int64
-    campaign: np.ndarray        # int32, EMPTY = free slot
-    count: np.ndarray           # int32, impressions in the window
-    window_start_s: np.ndarray  # int64, the window opens at the first impression
+    """slots: int64 [4, capacity], SLOT_* rows: user key hash, campaign (EMPTY = free
+    slot), impressions in the window, window start (the window opens at the first
+    impression). One array so evaluate takes the table as two arguments (slots, entries);
+    the kernels here take the rows as views (arrays())."""
+    slots: np.ndarray
     entries: np.ndarray         # int64 [1]: used slots, so evaluate skips an empty table
 
     @classmethod
     def empty(cls, capacity: int = 1024) -> "FrequencyTable":
         capacity = 1 << max(4, (int(capacity) - 1).bit_length())
-        return cls(np.zeros(capacity, np.int64), np.full(capacity, EMPTY, np.int32),
-                   np.zeros(capacity, np.int32), np.zeros(capacity, np.int64),
-                   np.zeros(1, np.int64))
+        slots = np.zeros((4, capacity), np.int64)
+        slots[SLOT_CAMPAIGN] = EMPTY
+        return cls(slots, np.zeros(1, np.int64))
+
+    @property
+    def campaign(self) -> np.ndarray:
+        return self.slots[SLOT_CAMPAIGN]
 
     @property
     def capacity(self) -> int:
-        return len(self.campaign)
+        return self.slots.shape[1]
 
     def used(self) -> int:
         return int(np.count_nonzero(self.campaign != EMPTY))
 
     def arrays(self) -> tuple:
-        return self.user_hash, self.campaign, self.count, self.window_start_s, self.entries
+        """(user hash, campaign, count, window start, entries): the kernels' arguments."""
+        return (*self.slots, self.entries)
 
 
 @kernel()
