@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from pricing_core.campaigns import CampaignSpec, validate_specs
+from pricing_core.campaigns import MAX_BID_MICROS, CampaignSpec, validate_specs
 from services.runtime.config import ServerSettings
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +18,8 @@ class CampaignSettings:
     pricing_model: str = "cpm"
     # CPM and vCPM: micros per thousand ($6.00 CPM = 6_000_000); CPC: micros per click.
     bid_micros: int = 0
-    # Cap on the CPM-equivalent bid; 0 = the bid itself for CPM, no cap otherwise.
+    # Cap on the CPM-equivalent bid; 0 = the bid itself for CPM, otherwise the largest cap
+    # pricing_core takes (MAX_BID_MICROS, $4,294.967295 CPM).
     max_bid_micros: int = 0
     budget_total_micros: int = 0
     budget_daily_micros: int = 0  # 0 = no daily budget
@@ -52,7 +53,7 @@ class CampaignSettings:
         return problems
 
     def spec(self) -> CampaignSpec:
-        max_bid = self.max_bid_micros or (self.bid_micros if self.pricing_model == "cpm" else 2**62)
+        max_bid = self.max_bid_micros or (self.bid_micros if self.pricing_model == "cpm" else MAX_BID_MICROS)
         return CampaignSpec(
             id=self.id, advertiser_domain=self.advertiser_domain, pricing_model=self.pricing_model,
             bid_micros=self.bid_micros, max_bid_micros=max_bid, budget_total_micros=self.budget_total_micros,
