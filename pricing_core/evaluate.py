@@ -21,10 +21,11 @@ Per opportunity the work runs in passes without data-dependent branches where th
 is unpredictable (which campaign passes targeting, its model, whether it clears the
 floor): a vectorised pass splits the targeted words into budget failures, fast and slow
 candidates; a collection pass lists the fast ones' indices and asks the cache for their
-price rows; a pricing pass writes every fast candidate's ranked bid (-1 below the floor);
-and two maximum passes pick the best and second. Measured on the benchmark world, branchy
-versions of these loops spent most of their time on mispredictions, and a running top-two
-kept in registers chained every candidate to the one before.
+price rows; pricing passes the compiler vectorises with gathers turn each fast candidate
+into a unique rank key (bid, then lower index) and keep only maxima, no stores. Measured
+on the benchmark world, branchy versions of these loops spent most of their time on
+mispredictions, and a running top two kept in registers chained every candidate to the
+one before.
 
 "Checks": one check = one (opportunity, campaign) pair decided. Pairs the targeting index
 excludes count as decided (the index proves them ineligible; they are counted under the
