@@ -145,14 +145,16 @@ def _frequency_count(ft_user, ft_campaign, ft_count, ft_start, user_hash, campai
     return 0
 
 
-@kernel()
-def _targeted_words(i, words, postings, opp_rows, acc, tmp):
+@kernel(inline=True)
+def _targeted_words(i, words, postings, opp_rows, scratch):
     """Opportunity i's targeting as a bitmap over campaigns, 64 per word: the AND of its
     single-dimension accept rows, then per set dimension the AND with (untargeted OR the
     postings of each of its values). Reads the index as index.KernelArrays lays it out and
-    the opportunity's rows as OpportunityBatch.rows. Returns the array holding the result
-    (acc or tmp)."""
-    n_words = acc.shape[0]
+    the opportunity's rows as OpportunityBatch.rows. Works in scratch rows 0 and 1 (rows,
+    not views, so nothing is reference-counted per pass) and returns the row holding the
+    result."""
+    n_words = scratch.shape[1]
+    acc = 0
     untargeted0 = postings[_LAYOUT_UNTARGETED]
     dense0 = postings[_LAYOUT_DENSE]
     n_set = postings[_LAYOUT_N_SET]
@@ -163,11 +165,12 @@ def _targeted_words(i, words, postings, opp_rows, acc, tmp):
     # The four single-valued dimensions in one pass.
     r0, r1, r2, r3 = opp_rows[i, 0], opp_rows[i, 1], opp_rows[i, 2], opp_rows[i, 3]
     for j in range(n_words):
-        acc[j] = words[r0, j] & words[r1, j] & words[r2, j] & words[r3, j]
+        scratch[acc, j] = words[r0, j] & words[r1, j] & words[r2, j] & words[r3, j]
     for d in range(n_set):
+        tmp = 1 - acc
         u = untargeted0 + d
         for j in range(n_words):
-            tmp[j] = acc[j] & words[u, j]
+            scratch[tmp, j] = scratch[acc, j] & words[u, j]
         for k in range(width):
             p = opp_rows[i, _INDEXED_DIMS + d * width + k]
             if p < 0:
@@ -176,12 +179,12 @@ def _targeted_words(i, words, postings, opp_rows, acc, tmp):
             if r >= 0:
                 r += dense0
                 for j in range(n_words):
-                    tmp[j] |= acc[j] & words[r, j]
+                    scratch[tmp, j] |= scratch[acc, j] & words[r, j]
                 continue
             for e in range(postings[ptr0 + p], postings[ptr0 + p + 1]):
                 j = postings[entries0 + 2 * e]
-                tmp[j] |= acc[j] & np.uint64(postings[entries0 + 2 * e + 1])
-        acc, tmp = tmp, acc
+                scratch[tmp, j] |= scratch[acc, j] & np.uint64(postings[entries0 + 2 * e + 1])
+        acc = tmp
     return acc
 
 
@@ -213,7 +216,7 @@ def _rank_key(listed, k, price_record, viewability, ctr, shade_mul, shade_add, f
     return ((bid << _KEY_SHIFT) | (_KEY_POSITION - k)) | -below
 
 
-@kernel()
+@kernel(inline=True)
 def _evaluate_range(lo, hi,
                     table_words, postings, price_record, check_record,
                     spend_micros, daily_spend_micros, flag_bits, ft_slots, ft_entries,
@@ -264,14 +267,13 @@ def _evaluate_range(lo, hi,
         shade_mul = 1.0 if first_price else 0.0
         shade_add = 0.0 if first_price else 1.0
         # Targeting is decided whole by the index; only surviving campaigns are visited.
-        words = _targeted_words(i, table_words, postings, opp_rows, scratch[0], scratch[1])
+        row = _targeted_words(i, table_words, postings, opp_rows, scratch)
         # Budget, 64 campaigns at a time (a campaign bids while any budget remains; the
         # last event may overshoot by at most its own price), and the fast/slow split:
-        # words keeps the fast candidates, slow_words the rest.
-        slow_words = scratch[2]
+        # the targeted row keeps the fast candidates, scratch row 2 the slow ones.
         slow_any = np.uint64(0)
         for w in range(n_words):
-            targeted = words[w]
+            targeted = scratch[row, w]
             candidates += _popcount(targeted)
             over_budget = targeted & (flag_bits[_FLAG_BUDGET, w]
                                       | table_words[static0 + _STATIC_NO_BUDGET, w])
@@ -279,9 +281,9 @@ def _evaluate_range(lo, hi,
             alive = targeted & ~over_budget
             slow_bits = (table_words[static0 + _STATIC_FLIGHT, w] | pace_bits[pace_row, w]
                          | (table_words[static0 + _STATIC_CAPPED, w] & capped_mask))
-            words[w] = alive & ~slow_bits
+            scratch[row, w] = alive & ~slow_bits
             slow = alive & slow_bits
-            slow_words[w] = slow
+            scratch[2, w] = slow
             slow_any |= slow
         if candidates > capacity:
             capacity = candidates
@@ -290,7 +292,7 @@ def _evaluate_range(lo, hi,
         # most words (few campaigns per word pass targeting; a step on an empty word
         # writes past the end of the list and counts nothing), the loop the rest.
         for w in range(n_words):
-            fast = words[w]
+            fast = scratch[row, w]
             base = w * 64
             for _ in range(2):
                 c = base + np.int64(_cttz(fast))
@@ -306,7 +308,7 @@ def _evaluate_range(lo, hi,
                 fast &= fast - np.uint64(1)
         if slow_any != 0:
             for w in range(n_words):
-                slow = slow_words[w]
+                slow = scratch[2, w]
                 while slow != 0:
                     listed[n_fast + n_slow] = w * 64 + np.int64(_cttz(slow))
                     n_slow += 1
@@ -431,12 +433,15 @@ def evaluate_batch(table_words, postings, price_record, check_record, spend_micr
 
 
 @kernel(parallel=True)
-def evaluate_batch_parallel(chunks, *args):
+def evaluate_batch_parallel(chunks, table_words, postings, price_record, check_record,
+                            spend_micros, daily_spend_micros, flag_bits, ft_slots, ft_entries,
+                            opp_rows, opp_ints, opp_floats, now_s, day_start_s, results,
+                            reason_counts):
     """Parallel evaluate: opportunities split into `chunks` (a few per Numba thread; the
     caller picks, as reading the thread count here would stop caching); each chunk counts
-    reasons in its own row, summed at the end (no shared writes)."""
-    reason_counts = args[-1]
-    n = args[-2].shape[1]  # results
+    reasons in its own row, summed at the end (no shared writes). Arguments after chunks
+    as evaluate_batch."""
+    n = results.shape[1]
     n_chunks = min(n, chunks)
     if n_chunks <= 0:
         return
@@ -444,7 +449,10 @@ def evaluate_batch_parallel(chunks, *args):
     for k in numba.prange(n_chunks):
         lo = k * n // n_chunks
         hi = (k + 1) * n // n_chunks
-        _evaluate_range(lo, hi, *args[:-1], per_chunk[k])
+        _evaluate_range(lo, hi, table_words, postings, price_record, check_record,
+                        spend_micros, daily_spend_micros, flag_bits, ft_slots, ft_entries,
+                        opp_rows, opp_ints, opp_floats, now_s, day_start_s, results,
+                        per_chunk[k])
     for k in range(n_chunks):
         for r in range(len(reason_counts)):
             reason_counts[r] += per_chunk[k, r]

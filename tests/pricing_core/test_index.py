@@ -17,9 +17,9 @@ def _index_targeted(specs, opps):
     n_words = table.kernel.words.shape[1]
     out = []
     for i in range(len(opps)):
-        words = ev._targeted_words(i, table.kernel.words, table.kernel.postings, batch.rows,
-                                   np.empty(n_words, np.uint64),
-                                   np.empty(n_words, np.uint64))
+        scratch = np.empty((2, n_words), np.uint64)
+        words = scratch[ev._targeted_words(i, table.kernel.words, table.kernel.postings,
+                                           batch.rows, scratch)]
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")
         assert not bits[len(specs):].any(), "index set a bit past the last campaign"
         out.append(set(np.flatnonzero(bits[:len(specs)]).tolist()))
