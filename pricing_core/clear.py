@@ -81,7 +81,7 @@ def clear(bids_micros: np.ndarray, floor_micros: int, auction_type: int,
     """(winner index or -1, clearing price micros (0 when none), min-to-win micros per bid
     with -1 meaning the empty string)."""
     if auction_type not in (1, 2):
-        raise ValueError(f"auction_type must be 1 (first price) or 2 (second price)")
+        raise ValueError("auction_type must be 1 (first price) or 2 (second price)")
     if floor_micros < 0 or increment_micros < 0:
         raise ValueError("floor_micros and increment_micros must be non-negative")
     bids = np.ascontiguousarray(bids_micros, dtype=np.int64)

@@ -106,6 +106,11 @@ class PricingEngine:
                     "impressions": s.impressions.copy(), "viewables": s.viewables.copy(),
                     "clicks": s.clicks.copy(), "exhausted": s.exhausted.copy()}
 
+    def exhausted_campaigns(self) -> int:
+        """Campaigns whose total or daily budget is spent (read without copying the state,
+        for a metrics scrape)."""
+        return int(np.count_nonzero(self._generation.state.exhausted))
+
     # -- writing -----------------------------------------------------------------------
     def accrue(self, campaign, price_micros, kind, user_key_hash=None) -> int:
         """Book events (arrays or scalars). Billed impressions with a user key hash also

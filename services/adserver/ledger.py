@@ -14,7 +14,7 @@ from adchain.v1 import token_pb2
 from services.adserver.ivt import REASONS as IVT_REASONS
 from services.runtime.counting import Tally
 from services.runtime.journal import Journal
-from services.runtime.metrics import ImpressionMetrics
+from services.runtime.metrics import ImpressionMetrics, labelled_counters
 from services.runtime.tokens import TOKEN_REJECT_REASONS
 
 EVENTS = ("impression", "click", "conversion", "video")
@@ -30,33 +30,29 @@ class AdServerLedger:
                             "conversions", "billing_notices"))
         self.journal = Journal(clock=clock)
         self._impressions = ImpressionMetrics("adserver", registry)
-        invalid = Counter("adchain_adserver_invalid_impressions", "Renders filtered as invalid traffic, by reason; "
-                          "never billed.", ["reason"], registry=registry)
-        self._invalid = {r: invalid.labels(reason=r) for r in IVT_REASONS}
+        self._invalid = labelled_counters("adchain_adserver_invalid_impressions", "Renders filtered as invalid "
+                                          "traffic, by reason; never billed.", {"reason": IVT_REASONS}, registry)
         self._capped = Counter("adchain_adserver_frequency_capped_impressions",
                                "Renders over a campaign's frequency cap; never billed.", registry=registry)
-        dup = Counter("adchain_adserver_duplicates", "Events for an impression already counted, by event.",
-                      ["event"], registry=registry)
-        self._duplicates = {e: dup.labels(event=e) for e in EVENTS}
-        late = Counter("adchain_adserver_late_events", "Events after their token expired, by event; never billed.",
-                       ["event"], registry=registry)
-        self._late = {e: late.labels(event=e) for e in EVENTS}
-        rejected = Counter("adchain_adserver_rejected_tokens", "Events with a token that failed verification, by reason.",
-                           ["reason"], registry=registry)
-        self._rejected = {r: rejected.labels(reason=r) for r in TOKEN_REJECT_REASONS}
+        self._duplicates = labelled_counters("adchain_adserver_duplicates",
+                                             "Events for an impression already counted, by event.",
+                                             {"event": EVENTS}, registry)
+        self._late = labelled_counters("adchain_adserver_late_events",
+                                       "Events after their token expired, by event; never billed.",
+                                       {"event": EVENTS}, registry)
+        self._rejected = labelled_counters("adchain_adserver_rejected_tokens",
+                                           "Events with a token that failed verification, by reason.",
+                                           {"reason": TOKEN_REJECT_REASONS}, registry)
         self._clicks = Counter("adchain_adserver_clicks", "Clicks counted.", registry=registry)
         self._conversions = Counter("adchain_adserver_conversions", "Post-click conversions counted.",
                                     registry=registry)
-        video = Counter("adchain_adserver_video_events", "VAST playback events counted, by event.", ["event"],
-                        registry=registry)
-        self._video = {e: video.labels(event=e) for e in VIDEO_EVENTS}
-        billing = Counter("adchain_adserver_billing_notices", "Billing notices to DSPs, by outcome.", ["outcome"],
-                          registry=registry)
-        self._billing = {o: billing.labels(outcome=o) for o in NOTICE_OUTCOMES}
-        events = Counter("adchain_adserver_event_notices", "Click and conversion notices to DSPs, by kind and outcome.",
-                         ["kind", "outcome"], registry=registry)
-        self._event_notices = {(k, o): events.labels(kind=k, outcome=o) for k in EVENT_NOTICE_KINDS
-                               for o in NOTICE_OUTCOMES}
+        self._video = labelled_counters("adchain_adserver_video_events", "VAST playback events counted, by event.",
+                                        {"event": VIDEO_EVENTS}, registry)
+        self._billing = labelled_counters("adchain_adserver_billing_notices", "Billing notices to DSPs, by outcome.",
+                                          {"outcome": NOTICE_OUTCOMES}, registry)
+        self._event_notices = labelled_counters(
+            "adchain_adserver_event_notices", "Click and conversion notices to DSPs, by kind and outcome.",
+            {"kind": EVENT_NOTICE_KINDS, "outcome": NOTICE_OUTCOMES}, registry)
 
     def record_rendered(self, token: token_pb2.ImpressionToken) -> None:
         self.tally.add("rendered", reason=token.seat, campaign=token.campaign_id)

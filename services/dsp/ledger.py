@@ -25,7 +25,7 @@ from services.dsp.settings import CampaignSettings
 from services.runtime.counting import Tally
 from services.runtime.dedupe import ExpiringMap
 from services.runtime.journal import Journal
-from services.runtime.metrics import PRICE_BUCKETS_MICROS, ImpressionMetrics
+from services.runtime.metrics import PRICE_BUCKETS_MICROS, ImpressionMetrics, labelled_counters
 
 # How long an impression key is remembered for billing idempotence.
 BILLING_DEDUPE_S = 24 * 3600.0
@@ -47,9 +47,9 @@ class DspLedger:
         self._impressions = ImpressionMetrics("dsp", registry)
         self._bid_requests = Counter("adchain_dsp_bid_requests", "OpenRTB bid requests received.", registry=registry)
         self._bids = Counter("adchain_dsp_bids", "Bids made.", registry=registry)
-        no_bids = Counter("adchain_dsp_no_bids", "Bid requests answered with a no-bid, by reason.", ["reason"],
-                          registry=registry)
-        self._no_bids = {code: no_bids.labels(reason=name) for code, name in NO_BID_REASONS.items()}
+        by_reason = labelled_counters("adchain_dsp_no_bids", "Bid requests answered with a no-bid, by reason.",
+                                      {"reason": tuple(NO_BID_REASONS.values())}, registry)
+        self._no_bids = {code: by_reason[name] for code, name in NO_BID_REASONS.items()}
         self._losses = Counter("adchain_dsp_losses", "Loss notices received.", registry=registry)
         self._billed = Counter("adchain_dsp_billed_impressions", "Impressions billed (billing notices counted).",
                                registry=registry)
@@ -59,16 +59,16 @@ class DspLedger:
         self._bid_price = Histogram("adchain_dsp_bid_cpm_micros", "Bids made, by CPM-equivalent price in micros.",
                                     buckets=PRICE_BUCKETS_MICROS, registry=registry)
         # Cardinality rule: a campaign label only for a bounded campaign set.
-        ids = list(engine.snapshot()["ids"])
+        ids = engine.table.ids
         self._campaign_spend = {}
         if len(ids) <= max_campaign_labels:
-            per_campaign = Counter("adchain_dsp_campaign_spend_micros",
-                                   "Spend accrued per campaign, in micros (exported while campaigns are few).",
-                                   ["campaign"], registry=registry)
-            self._campaign_spend = {cid: per_campaign.labels(campaign=cid) for cid in ids}
+            self._campaign_spend = labelled_counters(
+                "adchain_dsp_campaign_spend_micros",
+                "Spend accrued per campaign, in micros (exported while campaigns are few).", {"campaign": ids},
+                registry)
         exhausted = Gauge("adchain_dsp_budget_exhausted_campaigns", "Campaigns whose total or daily budget is spent.",
                           registry=registry)
-        exhausted.set_function(lambda: int((engine.snapshot()["exhausted"] != 0).sum()))
+        exhausted.set_function(engine.exhausted_campaigns)
 
     def record_bid_request(self) -> None:
         self.tally.add("bid_requests")

@@ -8,6 +8,9 @@ so rates and ratios never miss a series. No id is ever a label value.
 
 from __future__ import annotations
 
+import itertools
+from typing import Mapping, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 ROLES = ("dsp", "ssp", "adserver", "verifier")
@@ -29,6 +32,15 @@ COMMON_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EX
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5,
 )
+
+
+def labelled_counters(name: str, documentation: str, labels: Mapping[str, Sequence[str]],
+                      registry: CollectorRegistry) -> dict:
+    """A Counter family whose labels take only the given values, every combination
+    created at zero, as {value: child} for one label and {(value, ...): child} for more."""
+    family = Counter(name, documentation, list(labels), registry=registry)
+    return {values if len(labels) > 1 else values[0]: family.labels(*values)
+            for values in itertools.product(*labels.values())}
 
 
 class ImpressionMetrics:

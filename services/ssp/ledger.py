@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.runtime.counting import Tally
 from services.runtime.journal import Journal
-from services.runtime.metrics import LATENCY_BUCKETS_S, PRICE_BUCKETS_MICROS, ImpressionMetrics
+from services.runtime.metrics import LATENCY_BUCKETS_S, PRICE_BUCKETS_MICROS, ImpressionMetrics, labelled_counters
 
 NO_FILL_REASONS = ("no_bids", "below_floor", "timeout")
 NOTICE_KINDS = ("win", "loss")
@@ -24,19 +24,16 @@ class SspLedger:
         self.journal = Journal(clock=clock)
         self._impressions = ImpressionMetrics("ssp", registry)
         self._ad_requests = Counter("adchain_ssp_ad_requests", "Ad requests received from publishers.", registry=registry)
-        no_fill = Counter("adchain_ssp_no_fills", "Ad requests answered without an ad, by reason.", ["reason"],
-                          registry=registry)
-        self._no_fill = {r: no_fill.labels(reason=r) for r in NO_FILL_REASONS}
+        self._no_fill = labelled_counters("adchain_ssp_no_fills", "Ad requests answered without an ad, by reason.",
+                                          {"reason": NO_FILL_REASONS}, registry)
         self._not_returned = Counter(
             "adchain_ssp_ads_not_returned",
             "Auctions won whose ad never reached the caller (deadline passed or caller gone).", registry=registry)
-        bid_responses = Counter("adchain_ssp_bid_responses", "Bid requests sent to DSPs, by DSP and outcome.",
-                                ["dsp", "outcome"], registry=registry)
-        self._bid_outcomes = {(d, o): bid_responses.labels(dsp=d, outcome=o)
-                              for d in dsp_names for o in ("bid", "no_bid", "timeout", "error")}
-        notices = Counter("adchain_ssp_notices", "Win and loss notices, by kind and outcome.", ["kind", "outcome"],
-                          registry=registry)
-        self._notices = {(k, o): notices.labels(kind=k, outcome=o) for k in NOTICE_KINDS for o in NOTICE_OUTCOMES}
+        self._bid_outcomes = labelled_counters(
+            "adchain_ssp_bid_responses", "Bid requests sent to DSPs, by DSP and outcome.",
+            {"dsp": tuple(dsp_names), "outcome": ("bid", "no_bid", "timeout", "error")}, registry)
+        self._notices = labelled_counters("adchain_ssp_notices", "Win and loss notices, by kind and outcome.",
+                                          {"kind": NOTICE_KINDS, "outcome": NOTICE_OUTCOMES}, registry)
         self._clearing_price = Histogram("adchain_ssp_clearing_cpm_micros",
                                          "Auctions cleared, by clearing CPM in micros.",
                                          buckets=PRICE_BUCKETS_MICROS, registry=registry)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from adchain.v1 import bidder_pb2, token_pb2, verifier_pb2, verifier_pb2_grpc
 from services.runtime.counting import Tally
 from services.runtime.dedupe import ExpiringMap
 from services.runtime.errors import InvalidArgument
 from services.runtime.journal import Journal
-from services.runtime.metrics import ImpressionMetrics
+from services.runtime.metrics import ImpressionMetrics, labelled_counters
 from services.runtime.notices import NoticeSender
 from services.runtime.peers import BidderPeers
 from services.runtime.server import RoleContext, Servicer
@@ -38,14 +38,14 @@ class VerifierLedger:
                             "rejected_tokens"))
         self.journal = Journal(clock=clock)
         self._impressions = ImpressionMetrics("verifier", registry)
-        exposures = Counter("adchain_verifier_exposures", "Exposure reports, by verdict.", ["verdict"], registry=registry)
-        self._exposures = {name: exposures.labels(verdict=name) for name in CLASS_NAMES.values()}
-        rejected = Counter("adchain_verifier_rejected_tokens", "Reports with a token that failed verification, by reason.",
-                           ["reason"], registry=registry)
-        self._rejected = {r: rejected.labels(reason=r) for r in TOKEN_REJECT_REASONS}
-        notices = Counter("adchain_verifier_viewable_notices", "Viewable-impression notices to DSPs, by outcome.",
-                          ["outcome"], registry=registry)
-        self._notices = {o: notices.labels(outcome=o) for o in NOTICE_OUTCOMES}
+        self._exposures = labelled_counters("adchain_verifier_exposures", "Exposure reports, by verdict.",
+                                            {"verdict": tuple(CLASS_NAMES.values())}, registry)
+        self._rejected = labelled_counters("adchain_verifier_rejected_tokens",
+                                           "Reports with a token that failed verification, by reason.",
+                                           {"reason": TOKEN_REJECT_REASONS}, registry)
+        self._notices = labelled_counters("adchain_verifier_viewable_notices",
+                                          "Viewable-impression notices to DSPs, by outcome.",
+                                          {"outcome": NOTICE_OUTCOMES}, registry)
 
     def record(self, verdict: int, token: token_pb2.ImpressionToken) -> None:
         name = CLASS_NAMES[verdict]

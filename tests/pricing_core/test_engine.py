@@ -58,7 +58,9 @@ def test_predictions_outside_0_1_are_refused(field, value):
 def test_budget_exhaustion_stops_bidding():
     engine = PricingEngine([_spec("a", budget_total_micros=1000)], clock=lambda: NOW)
     assert engine.evaluate([_opp()]).campaign[0] == 0
+    assert engine.exhausted_campaigns() == 0
     engine.accrue(0, 1000, BILLED_IMPRESSION)
+    assert engine.exhausted_campaigns() == 1
     ev = engine.evaluate([_opp()])
     assert ev.campaign[0] == -1 and ev.no_bid_reason[0] == REASON_BUDGET
 
