@@ -1,6 +1,7 @@
-"""One server interceptor for every role: request metrics, and the mapping of
-request errors (and unexpected failures) to gRPC status, so servicers never
-repeat it."""
+"""One server interceptor for every role and every RPC kind (unary, server
+streaming, client streaming, bidi): request metrics, per-item metrics of the
+batch RPCs, and the mapping of request errors (and unexpected failures) to
+gRPC status, so servicers never repeat it."""
 
 from __future__ import annotations
 
@@ -21,33 +22,79 @@ class ServingInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        behaviour = handler.unary_unary
         metrics = self._metrics
+        if handler.unary_unary is not None:
+            behaviour, wrap, kind = handler.unary_unary, _unary_response, grpc.unary_unary_rpc_method_handler
+        elif handler.stream_unary is not None:
+            behaviour, wrap, kind = handler.stream_unary, _unary_response, grpc.stream_unary_rpc_method_handler
+        elif handler.unary_stream is not None:
+            behaviour, wrap, kind = handler.unary_stream, _streamed_response, grpc.unary_stream_rpc_method_handler
+        else:
+            behaviour, wrap, kind = handler.stream_stream, _streamed_response, grpc.stream_stream_rpc_method_handler
+        return kind(wrap(method, behaviour, metrics),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
 
-        def serve(request, context: grpc.ServicerContext):
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                return behaviour(request, context)
-            except RequestError as error:
-                code = error.code.name
-                context.abort_with_status(error.to_status())
-            except Exception as error:
-                # abort() raises a bare Exception after setting the status.
-                if getattr(context, "_state", None) is not None and context._state.aborted:
-                    code = context._state.code.name if context._state.code else "UNKNOWN"
-                    raise
-                code = "INTERNAL"
-                log.exception("%s failed", method)
+
+def _unary_response(method: str, behaviour, metrics: RpcMetrics):
+    def serve(request, context: grpc.ServicerContext):
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            response = behaviour(request, context)
+            results = getattr(response, "results", None)
+            if results is not None:  # a batch RPC: count its items by their own status
+                metrics.observe_items(method, results)
+            return response
+        except RequestError as error:
+            code = error.code.name
+            context.abort_with_status(error.to_status())
+        except Exception:
+            code, aborted = _failure(method, context)
+            if not aborted:
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
-            finally:
-                metrics.observe(method, code, time.perf_counter() - started)
+            raise
+        finally:
+            metrics.observe(method, code, time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            serve,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    return serve
+
+
+def _streamed_response(method: str, behaviour, metrics: RpcMetrics):
+    def serve(request, context: grpc.ServicerContext):
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            for response in behaviour(request, context):
+                if hasattr(response, "status") and hasattr(response, "request_id"):
+                    metrics.observe_items(method, (response,))  # a stream item with its own status
+                yield response
+        except GeneratorExit:  # the caller went away mid-stream
+            code = "CANCELLED"
+            raise
+        except RequestError as error:
+            code = error.code.name
+            context.abort_with_status(error.to_status())
+        except Exception:
+            code, aborted = _failure(method, context)
+            if not aborted:
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+            raise
+        finally:
+            metrics.observe(method, code, time.perf_counter() - started)
+
+    return serve
+
+
+def _failure(method: str, context: grpc.ServicerContext) -> tuple[str, bool]:
+    """The status code of a call that raised, and whether the servicer had
+    already aborted it (abort() raises a bare Exception after setting the
+    status); an unexpected failure is logged and becomes INTERNAL."""
+    state = getattr(context, "_state", None)
+    if state is not None and state.aborted:
+        return (state.code.name if state.code else "UNKNOWN"), True
+    log.exception("%s failed", method)
+    return "INTERNAL", False

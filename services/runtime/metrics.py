@@ -27,6 +27,10 @@ STAGES = ("won", "returned", "rendered", "measurable", "viewable")
 # gRPC codes a role's RPCs end with in normal operation; others appear on use.
 COMMON_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL")
 
+# Codes a batch item's own status takes (google.rpc.Code names).
+ITEM_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL")
+_ITEM_CODE_NAMES = {0: "OK", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND", 13: "INTERNAL"}
+
 # Latency buckets for RPCs that sit on an ad request's critical path:
 # sub-millisecond to the seconds an abandoned caller gives up at.
 LATENCY_BUCKETS_S = (
@@ -62,7 +66,8 @@ class ImpressionMetrics:
 class RpcMetrics:
     """Requests by method and status code, and their latency, for one role."""
 
-    def __init__(self, role: str, methods: tuple[str, ...], registry: CollectorRegistry):
+    def __init__(self, role: str, methods: tuple[str, ...], registry: CollectorRegistry,
+                 batch_methods: tuple[str, ...] = ()):
         self._role = role
         self._requests = Counter(
             "adchain_rpc_requests",
@@ -79,6 +84,14 @@ class RpcMetrics:
         )
         self._durations = {m: self._duration.labels(role=role, method=m) for m in methods}
         self._counts = {(m, c): self._requests.labels(role=role, method=m, code=c) for m in methods for c in COMMON_CODES}
+        self._items = Counter(
+            "adchain_rpc_items",
+            "Items of batch and stream RPCs served, by method and the item's own status code.",
+            ["role", "method", "code"],
+            registry=registry,
+        )
+        self._item_counts = {(m, c): self._items.labels(role=role, method=m, code=c)
+                             for m in batch_methods for c in ITEM_CODES}
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         child = self._counts.get((method, code))
@@ -88,6 +101,22 @@ class RpcMetrics:
         duration = self._durations.get(method)
         if duration is not None:
             duration.observe(seconds)
+
+    def observe_items(self, method: str, results) -> None:
+        """Count a batch's items (each has a `status`) by their own code, one
+        inc(n) per code."""
+        by_code: dict[int, int] = {}
+        for result in results:
+            code = result.status.code
+            by_code[code] = by_code.get(code, 0) + 1
+        for code, n in by_code.items():
+            name = _ITEM_CODE_NAMES.get(code, "UNKNOWN")
+            child = self._item_counts.get((method, name))
+            if child is None:
+                child = self._item_counts[(method, name)] = self._items.labels(role=self._role, method=method,
+                                                                               code=name)
+            child.inc(n)
+
 
 # CPM prices in micros of the currency: $0.25 to $50 CPM.
 PRICE_BUCKETS_MICROS = (

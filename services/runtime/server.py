@@ -42,6 +42,8 @@ class Servicer:
     full_name: str
     # Its RPC method names, for metrics created at zero.
     methods: tuple[str, ...]
+    # Those of its methods that answer per item (batch and stream RPCs).
+    batch_methods: tuple[str, ...] = ()
 
 
 class RoleApp(Protocol):
@@ -107,7 +109,8 @@ def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = Non
     app = role.build(settings, RoleContext(instance=instance, registry=registry, clock=clock))
 
     methods = tuple(m for s in app.servicers for m in s.methods)
-    interceptor = ServingInterceptor(RpcMetrics(role.name, methods, registry))
+    batch_methods = tuple(m for s in app.servicers for m in s.batch_methods)
+    interceptor = ServingInterceptor(RpcMetrics(role.name, methods, registry, batch_methods))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=server_settings.max_workers, thread_name_prefix=f"{role.name}-rpc"),
         interceptors=[interceptor],

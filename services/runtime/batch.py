@@ -1,0 +1,79 @@
+"""Per-item semantics for the batch RPCs, in one place.
+
+A batch RPC answers results[i] for items[i]. An item the role refuses gets
+its own status naming the field as items[i].<field>, exactly the status its
+unary RPC would have answered with; it never fails the batch and, because
+role logic raises before it counts, it never changes a count. Items are
+judged in order, so the same key twice in one batch counts once: the second
+is a duplicate, as it would be in two unary calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import code_pb2
+
+from adchain.v1 import batch_pb2
+from services.runtime.errors import RequestError
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+
+OK = batch_pb2.ItemStatus()
+
+_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
+}
+
+
+def item_field(prefix: str, field: str) -> str:
+    """`items[3]` + `token` -> `items[3].token`; an empty field names the item."""
+    if not field:
+        return prefix
+    return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
+
+
+def refused(error: RequestError, prefix: str) -> batch_pb2.ItemStatus:
+    """The status of an item the role refused, its field under `prefix`."""
+    return batch_pb2.ItemStatus(code=_CODES.get(error.code, code_pb2.INVALID_ARGUMENT),
+                                field=item_field(prefix, error.field), message=error.message)
+
+
+def failed(prefix: str) -> batch_pb2.ItemStatus:
+    return batch_pb2.ItemStatus(code=code_pb2.INTERNAL, field=prefix, message="internal error")
+
+
+def answer_each(items: Sequence[Item], handle: Callable[[Item], Any], result_type: type,
+                prefix: str = "items") -> list:
+    """`result_type(status=..., response=handle(item))` for every item, in
+    order; a RequestError becomes that item's status, anything unexpected an
+    INTERNAL status (logged), and the next item is judged all the same."""
+    results = []
+    for i, item in enumerate(items):
+        where = f"{prefix}[{i}]"
+        try:
+            response = handle(item)
+        except RequestError as error:
+            results.append(result_type(status=refused(error, where)))
+            continue
+        except Exception:
+            log.exception("%s failed", where)
+            results.append(result_type(status=failed(where)))
+            continue
+        results.append(result_type(status=OK, response=response))
+    return results
+
+
+def status_counts(results: Sequence[Any]) -> dict[str, int]:
+    """Results by google.rpc.Code name, for the items metric."""
+    counts: dict[str, int] = {}
+    for result in results:
+        name = code_pb2.Code.Name(result.status.code)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
