@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adchain.v1 import bidder_pb2_grpc, openrtb_pb2
+from services.runtime.errors import InvalidArgument
 from tests.conftest import start_role
 
 CAMPAIGN = {"id": "c", "advertiser_domain": "a.example", "bid_micros": 1_000_000, "budget_total_micros": 10**9}
@@ -52,3 +53,71 @@ def test_stop_drains_an_in_flight_request_and_refuses_new_ones():
     except grpc.RpcError as error:
         assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     channel.close()
+
+
+class _Streaming(bidder_pb2_grpc.BidderServiceServicer):
+    """A servicer whose streaming RPCs answer, refuse and fail, for the runtime's interceptor."""
+
+    def ListImpressions(self, request, context):
+        from adchain.v1 import bidder_pb2
+
+        yield bidder_pb2.BidderServiceListImpressionsResponse()
+        raise InvalidArgument("page", "refused mid-stream")
+
+    def BidStream(self, request_iterator, context):
+        for _request in request_iterator:
+            raise RuntimeError("unexpected")
+        yield from ()
+
+
+def _serve_streaming():
+    import dataclasses
+
+    from services.runtime.config import ServerSettings
+    from services.runtime.server import Role, Servicer, start
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
+
+    class App:
+        def __init__(self, settings, context):
+            self.servicers = [Servicer(bidder_pb2_grpc.add_BidderServiceServicer_to_server, _Streaming(),
+                                       "adchain.v1.BidderService", ("ListImpressions", "BidStream"))]
+
+        def start(self):
+            pass
+
+        def close(self, timeout_s):
+            pass
+
+    return start(Role("dsp", Settings, App), Settings())
+
+
+def test_streaming_rpcs_get_the_same_error_mapping_and_metrics_as_unary_ones():
+    from adchain.v1 import bidder_pb2
+    from services.runtime.errors import field_violations
+
+    running = _serve_streaming()
+    try:
+        with grpc.insecure_channel(running.grpc_address) as channel:
+            stub = bidder_pb2_grpc.BidderServiceStub(channel)
+            stream = stub.ListImpressions(bidder_pb2.BidderServiceListImpressionsRequest(), timeout=5)
+            next(stream)
+            try:
+                next(stream)
+                raise AssertionError("the refusal did not reach the caller")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert field_violations(error) == {"page": "refused mid-stream"}
+            bidi = stub.BidStream(iter([bidder_pb2.BidStreamRequest()]), timeout=5)
+            try:
+                list(bidi)
+                raise AssertionError("the failure did not reach the caller")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INTERNAL
+        body = urllib.request.urlopen(f"http://{running.metrics_address}/metrics", timeout=5).read().decode()
+        assert 'adchain_rpc_requests_total{code="INVALID_ARGUMENT",method="ListImpressions",role="dsp"} 1.0' in body
+        assert 'adchain_rpc_requests_total{code="INTERNAL",method="BidStream",role="dsp"} 1.0' in body
+    finally:
+        running.stop(grace_s=0)
