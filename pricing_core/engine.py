@@ -1,6 +1,8 @@
 """PricingEngine: what the DSP holds. Owns the current CampaignTable and the mutable
 per-campaign state, and routes every bid decision (evaluate) and every spend (accrue)
-through the kernels.
+through the kernels. Batch entry points: `opportunity_rows` + `evaluate_rows` build a batch
+from parts looked up once (a bid request's context, an Imp, a size) with no per-opportunity
+objects, and `accrue_batch` books many events with a user key per event.
 
 Threads: several gRPC workers call evaluate concurrently while accrue runs now and then.
 Kernels release the GIL. evaluate takes the current generation (table + state + frequency
@@ -15,7 +17,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,9 +26,11 @@ from . import clear as _clear
 from . import evaluate as _evaluate
 from . import frequency as _frequency
 from .accrue import BILLED_IMPRESSION, CLICK, VIEWABLE  # noqa: F401 (re-exported)
-from .campaigns import CampaignSpec, CampaignState, CampaignTable
+from .campaigns import (DIM_CATEGORY, DIM_DEAL, DIM_SEGMENT, INDEXED_DIMS, SET_DIM_NAMES,
+                        CampaignSpec, CampaignState, CampaignTable)
 from .evaluate import REASON_NAMES
-from .opportunities import Opportunity, OpportunityBatch
+from .opportunities import (AUCTION_FIRST_PRICE, AUCTION_SECOND_PRICE, Opportunity,
+                            OpportunityBatch)
 
 SECONDS_PER_DAY = 86400
 
@@ -42,10 +46,119 @@ class Evaluation:
     reason_names: tuple[str, ...] = REASON_NAMES
 
 
+class RowEvaluation(NamedTuple):
+    """Evaluation's per-opportunity results as Python lists (and reason_counts), for a
+    caller that built its batch row by row in Python and reads it back the same way."""
+    campaign: list[int]
+    bid_micros: list[int]
+    second_campaign: list[int]
+    second_bid_micros: list[int]
+    no_bid_reason: list[int]
+    reason_counts: list[int]
+
+
+class RowEncoder:
+    """One CampaignTable's vocabularies as the ids an opportunity row holds (the layout of
+    OpportunityBatch.rows), from plain dicts: a caller building rows from shared parts
+    looks each part up once. Exactly OpportunityBatch.encode's ids: a single-valued
+    dimension's accept row (the untargeted row for a value no campaign targets), and a set
+    dimension's postings of the known values, ascending, unknown values left out."""
+
+    def __init__(self, table: CampaignTable):
+        index = table.index
+        self._single = tuple(
+            {value: int(index.row0[d]) + b for value, b in table.vocabularies[d].ids.items()}
+            for d in range(INDEXED_DIMS))
+        self._untargeted = tuple(int(index.row0[d] + index.vocab_size[d])
+                                 for d in range(INDEXED_DIMS))
+        set_vocabularies = [table.vocabularies[d] for d in (DIM_CATEGORY, DIM_SEGMENT, DIM_DEAL)]
+        set_vocabularies.append(table.domain_vocabulary)  # SET_DIM_NAMES order
+        self._postings = tuple({value: int(index.posting0[s]) + b for value, b in v.ids.items()}
+                               for s, v in enumerate(set_vocabularies))
+
+    def single(self, dim: int, value) -> int:
+        """The accept row of `value` in single-valued dimension `dim` (DIM_FORMAT: a
+        format name, DIM_SIZE: (w, h), DIM_DEVICE: an AdCOM device type, DIM_COUNTRY)."""
+        return self._single[dim].get(value, self._untargeted[dim])
+
+    def postings(self, set_dim: int, values) -> tuple[int, ...]:
+        """The postings of `values` in set dimension `set_dim` (SET_* order)."""
+        ids = self._postings[set_dim]
+        known = [ids[v] for v in values if v in ids]
+        return tuple(known) if len(known) < 2 else tuple(sorted(set(known)))
+
+
+class _KernelRows(NamedTuple):
+    """The three opportunity arrays evaluate's kernel reads (OpportunityBatch's names)."""
+    rows: np.ndarray
+    ints: np.ndarray
+    floats: np.ndarray
+
+
 @dataclass(frozen=True)
 class _Generation:
     table: CampaignTable
     state: CampaignState
+    encoder: RowEncoder
+
+
+class OpportunityRows:
+    """Opportunities as evaluate's kernel reads them (OpportunityBatch's rows, ints and
+    floats, nothing else), added row by row with ids from `encoder`, for one generation of
+    the engine's campaigns: `PricingEngine.evaluate_rows` evaluates them against it."""
+
+    __slots__ = ("encoder", "_generation", "_single", "_sets", "_ints", "_floats")
+
+    def __init__(self, generation: _Generation):
+        self.encoder = generation.encoder
+        self._generation = generation
+        self._single: list[tuple[int, int, int, int]] = []
+        self._sets: list[tuple[tuple[int, ...], ...]] = []
+        self._ints: list[tuple[int, int, int]] = []
+        self._floats: list[tuple[float, float]] = []
+
+    def __len__(self) -> int:
+        return len(self._ints)
+
+    def add(self, single: tuple[int, int, int, int], sets: tuple[tuple[int, ...], ...],
+            floor_micros: int, user_key_hash: int, auction_type: int,
+            predicted_viewability: float, predicted_ctr: float) -> None:
+        """One opportunity: its single-valued accept rows (DIM_* order), its postings per
+        set dimension (SET_* order), and the values pricing reads. Refused as
+        OpportunityBatch.encode refuses them."""
+        if auction_type != AUCTION_FIRST_PRICE and auction_type != AUCTION_SECOND_PRICE:
+            raise ValueError(f"auction_type must be 1 or 2, got {auction_type!r}")
+        if floor_micros < 0:
+            raise ValueError(f"floor_micros must be non-negative, got {floor_micros}")
+        if not (0.0 <= predicted_viewability <= 1.0 and 0.0 <= predicted_ctr <= 1.0):  # NaN too
+            raise ValueError(f"predictions must be probabilities in [0, 1], got "
+                             f"{predicted_viewability!r}, {predicted_ctr!r}")
+        self._single.append(single)
+        self._sets.append(sets)
+        self._ints.append((floor_micros, user_key_hash, auction_type))
+        self._floats.append((predicted_viewability, predicted_ctr))
+
+    def arrays(self) -> _KernelRows:
+        """rows, ints and floats as OpportunityBatch holds them: set postings -1 padded to
+        the widest list in the batch (at least 1)."""
+        width = 1
+        for sets in self._sets:
+            for postings in sets:
+                if len(postings) > width:
+                    width = len(postings)
+        pad = (-1,) * width
+        flat: list[int] = []  # one flat list converts faster than nested rows
+        for single, (a, b, c, d) in zip(self._single, self._sets):
+            flat += single
+            flat += (a + pad)[:width]
+            flat += (b + pad)[:width]
+            flat += (c + pad)[:width]
+            flat += (d + pad)[:width]
+        n = len(self._ints)
+        columns = INDEXED_DIMS + len(SET_DIM_NAMES) * width
+        return _KernelRows(np.array(flat, np.int32).reshape(n, columns),
+                           np.array(self._ints, np.int64).reshape(n, 3),
+                           np.array(self._floats, np.float64).reshape(n, 2))
 
 
 class PricingEngine:
@@ -58,7 +171,7 @@ class PricingEngine:
         _accrue.refresh_flags(table.budget_total_micros, table.budget_daily_micros,
                               table.pacing_even, state.spend_micros, state.daily_spend_micros,
                               state.exhausted, state.flag_bits)
-        self._generation = _Generation(table, state)
+        self._generation = _Generation(table, state, RowEncoder(table))
         self._frequency = _frequency.FrequencyTable.empty()
         self._day = math.floor(clock() / SECONDS_PER_DAY)
         self._parallel_threshold = parallel_threshold
@@ -76,7 +189,6 @@ class PricingEngine:
         now_s = float(self._clock())
         self._roll_day(now_s)
         generation = self._generation
-        frequency = self._frequency
         if not isinstance(batch, OpportunityBatch):
             batch = OpportunityBatch.encode(generation.table, batch)
         elif batch.feature_bits.shape[1] != generation.table.targeting_bits.shape[1] or \
@@ -84,18 +196,36 @@ class PricingEngine:
                     batch.index_rows.max() >= len(generation.table.index.bits)
                     or batch.set_rows.max() >= generation.table.index.n_postings):
             raise ValueError("batch was encoded against another campaign table")
-        outputs = _evaluate.new_outputs(len(batch))
+        results, reason_counts = self._evaluate(generation, batch, now_s, parallel)
+        return Evaluation(*results, reason_counts)
+
+    def opportunity_rows(self) -> OpportunityRows:
+        """An empty batch for `evaluate_rows`, its ids from the current campaign table."""
+        return OpportunityRows(self._generation)
+
+    def evaluate_rows(self, rows: OpportunityRows, *, parallel: bool | None = None) -> RowEvaluation:
+        """evaluate, for a batch built with `opportunity_rows`, against the campaigns its ids
+        came from (a replace in between leaves this one call a generation behind, the
+        staleness evaluate already allows); the results come back as Python lists."""
+        now_s = float(self._clock())
+        self._roll_day(now_s)
+        results, reason_counts = self._evaluate(rows._generation, rows.arrays(), now_s, parallel)
+        return RowEvaluation(*results.tolist(), reason_counts.tolist())
+
+    def _evaluate(self, generation: _Generation, batch: OpportunityBatch | _KernelRows,
+                  now_s: float, parallel: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel's outputs: results (RESULT_* rows) and reason_counts."""
+        outputs = _evaluate.new_outputs(len(batch.ints))
         day_start_s = float(math.floor(now_s / SECONDS_PER_DAY) * SECONDS_PER_DAY)
-        args = _evaluate.evaluate_args(generation.table, generation.state, frequency, batch,
+        args = _evaluate.evaluate_args(generation.table, generation.state, self._frequency, batch,
                                        now_s, day_start_s, outputs)
         if parallel is None:
-            parallel = len(batch) >= self._parallel_threshold
+            parallel = len(batch.ints) >= self._parallel_threshold
         if parallel:
             _evaluate.evaluate_batch_parallel(_evaluate.parallel_chunks(), *args)
         else:
             _evaluate.evaluate_batch(*args)
-        results, reason_counts = outputs
-        return Evaluation(*results, reason_counts)
+        return outputs
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -115,13 +245,26 @@ class PricingEngine:
     def accrue(self, campaign, price_micros, kind, user_key_hash=None) -> int:
         """Book events (arrays or scalars). Billed impressions with a user key hash also
         count toward frequency caps. Returns the number of rejected events."""
-        campaign = np.atleast_1d(np.asarray(campaign, np.int32))
-        price = np.atleast_1d(np.asarray(price_micros, np.int64))
-        kind = np.atleast_1d(np.asarray(kind, np.int8))
-        if kind.shape != campaign.shape:
-            kind = np.broadcast_to(kind, campaign.shape).copy()
-        if not (campaign.shape == price.shape == kind.shape):
-            raise ValueError("campaign, price_micros and kind must have one length")
+        campaign, price, kind = _event_arrays(campaign, price_micros, kind)
+        users = None
+        if user_key_hash is not None:
+            users = np.atleast_1d(np.asarray(user_key_hash, np.int64))
+            if users.shape != campaign.shape:
+                users = np.broadcast_to(users, campaign.shape)
+        return self._book(campaign, price, kind, users, None)
+
+    def accrue_batch(self, campaign, price_micros, kind, user_key_hash) -> int:
+        """accrue for a batch whose events each carry their own user key hash, 0 for an
+        event without a user (it counts toward no frequency cap): one call books what
+        accrue, called once per event in the same order, books."""
+        campaign, price, kind = _event_arrays(campaign, price_micros, kind)
+        users = np.asarray(user_key_hash, np.int64)
+        if users.shape != campaign.shape:
+            raise ValueError("user_key_hash must have one entry per event")
+        return self._book(campaign, price, kind, users, users != 0)
+
+    def _book(self, campaign: np.ndarray, price: np.ndarray, kind: np.ndarray,
+              users: np.ndarray | None, has_user: np.ndarray | None) -> int:
         now_s = self._clock()
         self._roll_day(now_s)
         with self._lock:
@@ -131,12 +274,11 @@ class PricingEngine:
                 campaign, price, kind, t.pricing_model, t.budget_total_micros,
                 t.budget_daily_micros, s.spend_micros, s.daily_spend_micros, s.impressions,
                 s.viewables, s.clicks, s.exhausted, t.pacing_even, s.flag_bits)
-            if user_key_hash is not None:
-                users = np.atleast_1d(np.asarray(user_key_hash, np.int64))
-                if users.shape != campaign.shape:
-                    users = np.broadcast_to(users, campaign.shape)
+            if users is not None:
                 capped = (kind == BILLED_IMPRESSION) & (campaign >= 0) & (
                     campaign < len(t)) & (price >= 0)
+                if has_user is not None:
+                    capped &= has_user
                 capped[capped] = t.frequency_cap[campaign[capped]] > 0
                 if capped.any():
                     c = np.ascontiguousarray(campaign[capped])
@@ -173,7 +315,7 @@ class PricingEngine:
                                   table.pacing_even, state.spend_micros,
                                   state.daily_spend_micros, state.exhausted, state.flag_bits)
             self._frequency = _frequency.grown(self._frequency, 0, remap=remap)
-            self._generation = _Generation(table, state)
+            self._generation = _Generation(table, state, RowEncoder(table))
 
     def _roll_day(self, now_s: float) -> None:
         day = math.floor(now_s / SECONDS_PER_DAY)
@@ -195,6 +337,18 @@ class PricingEngine:
         started = time.perf_counter()
         warm_kernels()
         return time.perf_counter() - started
+
+
+def _event_arrays(campaign, price_micros, kind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """accrue's event columns as the kernel takes them, kind broadcast to every event."""
+    campaign = np.atleast_1d(np.asarray(campaign, np.int32))
+    price = np.atleast_1d(np.asarray(price_micros, np.int64))
+    kind = np.atleast_1d(np.asarray(kind, np.int8))
+    if kind.shape != campaign.shape:
+        kind = np.broadcast_to(kind, campaign.shape).copy()
+    if not (campaign.shape == price.shape == kind.shape):
+        raise ValueError("campaign, price_micros and kind must have one length")
+    return campaign, price, kind
 
 
 def warm_kernels() -> None:

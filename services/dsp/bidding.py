@@ -1,23 +1,26 @@
 """How the DSP reads a bid request and decides its bids.
 
-`placements` validates an OpenRTB 2.6 request and turns each Imp into the
+`read_request` validates an OpenRTB 2.6 request and turns each Imp into the
 features targeting and pricing look at; `Bidder` evaluates them all in one
 batch through pricing_core (targeting, budget, pacing, frequency cap, floor,
-eCPM, first-price shading) and picks each Imp's best bid. Money is int64
-micros; the OpenRTB float floor is converted once, here at the edge.
+eCPM, first-price shading) and picks each Imp's best bid; requests that
+arrive together on a stream share that batch. Money is int64 micros; the
+OpenRTB float floor is converted once, here at the edge.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Sequence
-
-import numpy as np
+from typing import NamedTuple
 
 from adchain.v1 import openrtb_pb2
+from pricing_core.campaigns import (DIM_COUNTRY, DIM_DEVICE, DIM_FORMAT, DIM_SIZE, SET_CATEGORY, SET_DEAL,
+                                    SET_DOMAIN, SET_SEGMENT)
 from pricing_core.engine import PricingEngine
+from pricing_core.evaluate import REASON_NAMES
 from pricing_core.money import price_to_micros
-from pricing_core.opportunities import Opportunity, user_key_hash
+from pricing_core.opportunities import user_key_hash
 from services.dsp.settings import CampaignSettings, DspSettings
 from services.runtime.errors import InvalidArgument
 
@@ -52,8 +55,7 @@ FORMATS = ("banner", "video", "audio", "native")
 MTYPES = {"banner": 1, "video": 2, "audio": 3, "native": 4}
 
 
-@dataclasses.dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     """One Imp as targeting and pricing see it; `sizes` lists every size the
     slot accepts (banner w/h and format list), each evaluated."""
 
@@ -66,8 +68,7 @@ class Placement:
     predicted_ctr: float | None
 
 
-@dataclasses.dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """What the request says about where and to whom, shared by its Imps."""
 
     domain: str
@@ -79,8 +80,7 @@ class Context:
     auction_type: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The best bid for one Imp, or the no-bid reason."""
 
     placement: Placement
@@ -97,64 +97,86 @@ def read_request(request: openrtb_pb2.BidRequest) -> tuple[Context, list[Placeme
     offending field, before anything is counted."""
     if not request.id:
         raise InvalidArgument("id", "is required (OpenRTB 2.6 §3.2.1)")
-    if not request.imp:
+    imps = request.imp
+    if not imps:
         raise InvalidArgument("imp", "at least one Imp is required (OpenRTB 2.6 §3.2.1)")
-    if request.HasField("site") and request.HasField("app"):
+    has_app = request.HasField("app")
+    if has_app and request.HasField("site"):
         raise InvalidArgument("site", "a request has a site or an app, not both (OpenRTB 2.6 §3.2.1)")
-    if request.HasField("at") and request.at not in (1, 2):
-        raise InvalidArgument("at", f"must be 1 (first price) or 2 (second price plus), got {request.at}")
-    publisher = request.app if request.HasField("app") else request.site
-    categories = tuple(publisher.cat) + tuple(publisher.content.cat)
-    segments = tuple(s.id for d in request.user.data for s in d.segment if s.id)
-    context = Context(
-        domain=request.site.domain or request.app.bundle or request.app.domain,
-        device_type=request.device.devicetype,
-        country=request.device.geo.country,
-        categories=categories,
-        segments=segments,
-        user_key=request.user.buyeruid or request.user.id or request.device.ifa,
-        auction_type=request.at if request.HasField("at") else 2,  # OpenRTB 2.6 §3.2.1 default
+    auction_type = 2  # OpenRTB 2.6 §3.2.1 default
+    if request.HasField("at"):
+        auction_type = request.at
+        if auction_type not in (1, 2):
+            raise InvalidArgument("at", f"must be 1 (first price) or 2 (second price plus), got {auction_type}")
+    publisher = request.app if has_app else request.site
+    user = request.user
+    device = request.device
+    data = user.data
+    context = Context(  # positional, in field order: the hot path builds one per request
+        request.site.domain or request.app.bundle or request.app.domain,
+        device.devicetype,
+        device.geo.country,
+        tuple(publisher.cat) + tuple(publisher.content.cat),
+        tuple(s.id for d in data for s in d.segment if s.id) if data else (),
+        user.buyeruid or user.id or device.ifa,
+        auction_type,
     )
-    return context, [_placement(i, imp) for i, imp in enumerate(request.imp)]
+    return context, [_placement(i, imp) for i, imp in enumerate(imps)]
 
 
 def _placement(i: int, imp: openrtb_pb2.Imp) -> Placement:
-    where = f"imp[{i}]"
     if not imp.id:
-        raise InvalidArgument(f"{where}.id", "is required (OpenRTB 2.6 §3.2.4)")
-    if imp.bidfloor < 0:
-        raise InvalidArgument(f"{where}.bidfloor", f"must not be negative, got {imp.bidfloor}")
+        raise InvalidArgument(f"imp[{i}].id", "is required (OpenRTB 2.6 §3.2.4)")
+    bidfloor = imp.bidfloor
+    if bidfloor < 0:
+        raise InvalidArgument(f"imp[{i}].bidfloor", f"must not be negative, got {bidfloor}")
     if imp.HasField("bidfloorcur") and imp.bidfloorcur not in ("USD", ""):
-        raise InvalidArgument(f"{where}.bidfloorcur", f"only USD is supported, got {imp.bidfloorcur!r}")
-    offered = [f for f in FORMATS if imp.HasField(f)]
-    if not offered:
-        raise InvalidArgument(where, "offers none of banner, video, audio, native")
-    fmt = offered[0]
-    metrics = {}
-    for j, m in enumerate(imp.metric):
-        if not m.HasField("value"):
-            continue
-        # OpenRTB 2.6 §3.2.5: probabilities are in 0.0-1.0; these two price the bid.
-        if m.type in ("viewability", "click_through_rate") and not 0.0 <= m.value <= 1.0:
-            raise InvalidArgument(f"{where}.metric[{j}].value",
-                                  f"a {m.type} probability must be in [0, 1], got {m.value}")
-        metrics[m.type] = m.value
-    return Placement(
-        imp_id=imp.id,
-        format=fmt,
-        sizes=_sizes(imp, fmt) or ((0, 0),),
-        floor_micros=price_to_micros(imp.bidfloor),
-        deal_ids=tuple(d.id for d in imp.pmp.deals if d.id),
+        raise InvalidArgument(f"imp[{i}].bidfloorcur", f"only USD is supported, got {imp.bidfloorcur!r}")
+    for fmt in FORMATS:  # the first offered, in FORMATS order
+        if imp.HasField(fmt):
+            break
+    else:
+        raise InvalidArgument(f"imp[{i}]", "offers none of banner, video, audio, native")
+    viewability = ctr = None
+    metrics = imp.metric
+    if metrics:
+        found = {}
+        for j, m in enumerate(metrics):
+            if not m.HasField("value"):
+                continue
+            # OpenRTB 2.6 §3.2.5: probabilities are in 0.0-1.0; these two price the bid.
+            if m.type in ("viewability", "click_through_rate") and not 0.0 <= m.value <= 1.0:
+                raise InvalidArgument(f"imp[{i}].metric[{j}].value",
+                                      f"a {m.type} probability must be in [0, 1], got {m.value}")
+            found[m.type] = m.value
         # OpenRTB 2.6 §3.2.5: the exchange's own predictions, when it sends them.
-        predicted_viewability=metrics.get("viewability"),
-        predicted_ctr=metrics.get("click_through_rate"),
+        viewability = found.get("viewability")
+        ctr = found.get("click_through_rate")
+    return Placement(  # positional, in field order
+        imp.id,
+        fmt,
+        _sizes(imp, fmt) or _NO_SIZE,
+        _floor_micros(bidfloor),
+        tuple(d.id for d in imp.pmp.deals if d.id) if imp.HasField("pmp") else (),
+        viewability,
+        ctr,
     )
+
+
+_NO_SIZE = ((0, 0),)
+# Floors repeat (exchanges send them from price grids) and the exact conversion
+# goes through Decimal, so each distinct floor is converted once.
+_floor_micros = functools.lru_cache(maxsize=4096)(price_to_micros)
 
 
 def _sizes(imp: openrtb_pb2.Imp, fmt: str) -> tuple[tuple[int, int], ...]:
     if fmt == "banner":
-        sizes = [(imp.banner.w, imp.banner.h)] if imp.banner.w and imp.banner.h else []
-        sizes += [(f.w, f.h) for f in imp.banner.format if (f.w, f.h) not in sizes and f.w and f.h]
+        banner = imp.banner
+        sizes = [(banner.w, banner.h)] if banner.w and banner.h else []
+        for f in banner.format:
+            size = (f.w, f.h)
+            if size not in sizes and f.w and f.h:
+                sizes.append(size)
         return tuple(sizes)
     if fmt == "video" and imp.video.w and imp.video.h:
         return ((imp.video.w, imp.video.h),)
@@ -163,7 +185,8 @@ def _sizes(imp: openrtb_pb2.Imp, fmt: str) -> tuple[tuple[int, int], ...]:
 
 class Bidder:
     """Every (Imp, size) of a request is one opportunity row in one kernel
-    call; an Imp's bid is its best row (ties to the size listed first)."""
+    call; an Imp's bid is its best row (ties to the size listed first).
+    Several requests decided together share that one call."""
 
     def __init__(self, campaigns: Sequence[CampaignSettings], settings: DspSettings, engine: PricingEngine):
         self._campaigns = tuple(campaigns)
@@ -172,40 +195,66 @@ class Bidder:
         self.engine = engine
 
     def decide(self, context: Context, placements: Sequence[Placement]) -> list[Decision]:
-        rows: list[Opportunity] = []
-        owner: list[int] = []
-        for p_index, placement in enumerate(placements):
-            for w, h in placement.sizes:
-                rows.append(Opportunity(
-                    format=placement.format, w=w, h=h, domain=context.domain, device_type=context.device_type,
-                    country=context.country, categories=context.categories, segments=context.segments,
-                    deal_ids=placement.deal_ids, floor_micros=placement.floor_micros, user_key=context.user_key,
-                    predicted_viewability=_or(placement.predicted_viewability, self._settings.default_viewability),
-                    predicted_ctr=_or(placement.predicted_ctr, self._settings.default_ctr),
-                    auction_type=context.auction_type,
-                ))
-                owner.append(p_index)
-        evaluation = self.engine.evaluate(rows)
-        user_hash = user_key_hash(context.user_key) if context.user_key else 0
-        owners = np.asarray(owner)
-        decisions = []
-        for p_index, placement in enumerate(placements):
-            mine = np.flatnonzero(owners == p_index)
-            bids = evaluation.bid_micros[mine]
-            best = int(mine[int(np.argmax(bids))])
-            campaign_index = int(evaluation.campaign[best])
-            if campaign_index < 0:
-                reason = evaluation.reason_names[int(evaluation.no_bid_reason[best])]
-                decisions.append(Decision(placement, None, -1, 0, (0, 0), _NBR_BY_REASON.get(reason, 0), user_hash))
-                continue
-            row = rows[best]
-            decisions.append(Decision(placement, self._campaigns[campaign_index], campaign_index,
-                                      int(evaluation.bid_micros[best]), (row.w, row.h), 0, user_hash))
-        return decisions
+        return self.decide_many(((context, placements),))[0]
+
+    def decide_many(self, requests: Sequence[tuple[Context, Sequence[Placement]]]) -> list[list[Decision]]:
+        """Each request's decisions, one per placement, from one evaluate call."""
+        rows = self.engine.opportunity_rows()
+        encoder = rows.encoder
+        default_viewability = self._settings.default_viewability
+        default_ctr = self._settings.default_ctr
+        user_hashes = []
+        for context, placements in requests:
+            # What the request's Imps share is looked up once.
+            device = encoder.single(DIM_DEVICE, context.device_type)
+            country = encoder.single(DIM_COUNTRY, context.country)
+            categories = encoder.postings(SET_CATEGORY, context.categories)
+            segments = encoder.postings(SET_SEGMENT, context.segments)
+            domain = encoder.postings(SET_DOMAIN, (context.domain,))
+            if context.user_key:
+                user_hash = row_user_hash = user_key_hash(context.user_key)
+            else:
+                # No user: billing keeps no frequency count for it (hash 0); the kernel's
+                # row still hashes the empty key, as OpportunityBatch.encode does.
+                user_hash, row_user_hash = 0, _EMPTY_USER_KEY_HASH
+            user_hashes.append(user_hash)
+            for placement in placements:
+                fmt = encoder.single(DIM_FORMAT, placement.format)
+                sets = (categories, segments, encoder.postings(SET_DEAL, placement.deal_ids), domain)
+                viewability = placement.predicted_viewability
+                ctr = placement.predicted_ctr
+                for size in placement.sizes:
+                    rows.add((fmt, encoder.single(DIM_SIZE, size), device, country), sets, placement.floor_micros,
+                             row_user_hash, context.auction_type,
+                             default_viewability if viewability is None else viewability,
+                             default_ctr if ctr is None else ctr)
+        evaluation = self.engine.evaluate_rows(rows)
+        campaigns, bids, reasons = evaluation.campaign, evaluation.bid_micros, evaluation.no_bid_reason
+        decided = []
+        row = 0
+        for (_context, placements), user_hash in zip(requests, user_hashes):
+            decisions = []
+            for placement in placements:
+                # The placement's best row; the first listed size on a tie (as argmax).
+                best = row
+                for r in range(row + 1, row + len(placement.sizes)):
+                    if bids[r] > bids[best]:
+                        best = r
+                campaign_index = campaigns[best]
+                if campaign_index < 0:
+                    decisions.append(Decision(placement, None, -1, 0, (0, 0), _NBR_BY_REASON_INDEX[reasons[best]],
+                                              user_hash))
+                else:
+                    decisions.append(Decision(placement, self._campaigns[campaign_index], campaign_index, bids[best],
+                                              placement.sizes[best - row], 0, user_hash))
+                row += len(placement.sizes)
+            decided.append(decisions)
+        return decided
 
     def campaign_index(self, campaign_id: str) -> int | None:
         return self._by_id.get(campaign_id)
 
 
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
+_EMPTY_USER_KEY_HASH = user_key_hash("")
+# pricing_core's reason index -> no-bid reason code.
+_NBR_BY_REASON_INDEX = tuple(_NBR_BY_REASON.get(name, NBR_UNKNOWN_ERROR) for name in REASON_NAMES)

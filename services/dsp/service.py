@@ -1,22 +1,29 @@
 """The DSP's gRPC servicer: validate, convert, call the bidder or the ledger,
-convert back. Pricing happens in pricing_core, counting in the ledger."""
+convert back. Pricing happens in pricing_core, counting in the ledger.
+
+Bid requests arrive one per call (Bid) or many on one stream (BidStream);
+win, loss, billing and event notices one per call or in batches whose items
+each get their own verdict (services/runtime/batch.py)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import random
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from adchain.v1 import bidder_pb2, bidder_pb2_grpc, openrtb_pb2
 from pricing_core.engine import PricingEngine
 from pricing_core.money import micros_to_price
-from services.dsp.bidding import MTYPES, Bidder, read_request
-from services.dsp.ledger import DspLedger
+from services.dsp.bidding import MTYPES, Bidder, Decision, read_request
+from services.dsp.ledger import DspLedger, LedgerBatch
 from services.dsp.settings import DspConfig
+from services.dsp.stream import DueStream
+from services.runtime.batch import OK, answer_each, failed, refused
 from services.runtime.dedupe import ExpiringMap
-from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.errors import InvalidArgument, NotFound, RequestError
 from services.runtime.server import RoleContext, Servicer
 
 log = logging.getLogger(__name__)
@@ -30,66 +37,126 @@ EVENT_KINDS = {
 
 class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     def __init__(self, config: DspConfig, bidder: Bidder, ledger: DspLedger, clock: Callable[[], float],
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+                 monotonic: Callable[[], float] = time.monotonic):
         self._settings = config.dsp
         self._rng = rng or random.Random(config.dsp.response_delay_seed)
         self._bidder = bidder
         self._ledger = ledger
         self._clock = clock
         self._sleep = sleep
-        # bid id -> (campaign id, user key hash), so notices are checked against
-        # our own bids and billing can update the frequency cap.
-        self._bids = ExpiringMap(clock)
+        self._monotonic = monotonic
+        self._responder = _Responder(config, clock)
 
     def Bid(self, request: openrtb_pb2.BidRequest, context) -> openrtb_pb2.BidResponse:
         bid_context, placements = read_request(request)  # raises before anything is counted
-        self._ledger.record_bid_request()
+        self._ledger.record_bid_requests()
         delay_ms = self._settings.draw_response_delay_ms(self._rng)
         if delay_ms:
             self._sleep(delay_ms / 1000.0)
-        bids, nbr = [], 0
-        for decision in self._bidder.decide(bid_context, placements):
-            if decision.campaign is None:
-                nbr = nbr or decision.nbr
-                continue
-            campaign = decision.campaign
-            bid_id = uuid.uuid4().hex
-            self._bids.add(bid_id, self._clock() + self._settings.bid_ttl_s, (campaign.id, decision.user_key_hash))
-            w, h = decision.size
-            bids.append(openrtb_pb2.Bid(
-                id=bid_id,
-                impid=decision.placement.imp_id,
-                price=micros_to_price(decision.bid_micros),
-                adm=campaign.adm,
-                adomain=[campaign.advertiser_domain],
-                cid=campaign.id,
-                crid=campaign.creative_id or f"{campaign.id}-creative",
-                w=w,
-                h=h,
-                mtype=MTYPES[decision.placement.format],
-                dur=campaign.duration_s if decision.placement.format in ("video", "audio") else 0,
-                nurl=_notice_url(self._settings.seat, "win"),
-                burl=_notice_url(self._settings.seat, "billing"),
-                lurl=_notice_url(self._settings.seat, "loss"),
-            ))
-            self._ledger.record_bid(campaign.id, decision.bid_micros)
-        if not bids:
-            self._ledger.record_no_bid(nbr)
-            return openrtb_pb2.BidResponse(id=request.id, nbr=nbr)
-        return openrtb_pb2.BidResponse(
-            id=request.id,
-            bidid=uuid.uuid4().hex,
-            cur=self._settings.currency,
-            seatbid=[openrtb_pb2.SeatBid(seat=self._settings.seat, bid=bids)],
-        )
+        response = openrtb_pb2.BidResponse()
+        bids: list[tuple[str, int]] = []
+        no_bids: list[int] = []
+        self._responder.fill(response, request.id, self._bidder.decide(bid_context, placements), bids, no_bids)
+        self._ledger.record_answers(bids, no_bids)
+        return response
+
+    def BidStream(self, request_iterator, context):
+        stream = DueStream(request_iterator, self._answer_stream, clock=self._monotonic,
+                           name=f"{self._settings.seat}-bid-stream")
+        context.add_callback(stream.close)  # the call ended: cancelled, past its deadline, or the server stopping
+        return stream.answers()
+
+    def _answer_stream(self, items: Sequence[bidder_pb2.BidStreamRequest]
+                       ) -> list[tuple[float, bidder_pb2.BidStreamResponse]]:
+        """Requests that arrived together on a stream: each read as unary Bid reads it,
+        the valid ones decided in one evaluate call, each answer with its delay."""
+        answers: list[tuple[float, bidder_pb2.BidStreamResponse]] = [None] * len(items)  # type: ignore[list-item]
+        read = []
+        for i, item in enumerate(items):
+            request = item.request
+            try:
+                read.append((i, request, read_request(request)))
+            except RequestError as error:  # refused as unary Bid refuses it: counted as nothing
+                answers[i] = (0.0, bidder_pb2.BidStreamResponse(request_id=request.id,
+                                                                status=refused(error, "request")))
+            except Exception:
+                log.exception("BidStream request %r failed", request.id)
+                answers[i] = (0.0, bidder_pb2.BidStreamResponse(request_id=request.id, status=failed("request")))
+        if not read:
+            return answers
+        self._ledger.record_bid_requests(len(read))
+        delays_s = [self._settings.draw_response_delay_ms(self._rng) / 1000.0 for _ in read]
+        try:
+            decided = self._bidder.decide_many([bid_read for _i, _request, bid_read in read])
+        except Exception:  # one failure answers its group INTERNAL; the stream goes on
+            log.exception("BidStream: deciding %d requests failed", len(read))
+            for i, request, _read in read:
+                answers[i] = (0.0, bidder_pb2.BidStreamResponse(request_id=request.id, status=failed("request")))
+            return answers
+        bids: list[tuple[str, int]] = []
+        no_bids: list[int] = []
+        for (i, request, _read), decisions, delay_s in zip(read, decided, delays_s):
+            answer = bidder_pb2.BidStreamResponse(request_id=request.id, status=OK)
+            self._responder.fill(answer.response, request.id, decisions, bids, no_bids)
+            answers[i] = (delay_s, answer)
+        self._ledger.record_answers(bids, no_bids)
+        return answers
 
     def NotifyWin(self, request: bidder_pb2.NotifyWinRequest, context) -> bidder_pb2.NotifyWinResponse:
-        campaign_id, _user = self._own_bid(request.bid_id, request.campaign_id)
-        impression_key = f"{request.macros.auction_id}:{request.macros.imp_id}"
-        return bidder_pb2.NotifyWinResponse(counted=self._ledger.record_win(request.bid_id, impression_key,
-                                                                            campaign_id))
+        with self._ledger.batch() as batch:
+            return self._win(request, batch)
+
+    def NotifyWins(self, request: bidder_pb2.NotifyWinsRequest, context) -> bidder_pb2.NotifyWinsResponse:
+        with self._ledger.batch() as batch:
+            results = answer_each(request.items, lambda item: self._win(item, batch), bidder_pb2.NotifyWinResult)
+        return bidder_pb2.NotifyWinsResponse(results=results)
 
     def NotifyBilling(self, request: bidder_pb2.NotifyBillingRequest, context) -> bidder_pb2.NotifyBillingResponse:
+        with self._ledger.batch() as batch:
+            return self._billing(request, batch)
+
+    def NotifyBillings(self, request: bidder_pb2.NotifyBillingsRequest,
+                       context) -> bidder_pb2.NotifyBillingsResponse:
+        # Every counted billing of the batch accrues in one pricing_core call.
+        with self._ledger.batch() as batch:
+            results = answer_each(request.items, lambda item: self._billing(item, batch),
+                                  bidder_pb2.NotifyBillingResult)
+        return bidder_pb2.NotifyBillingsResponse(results=results)
+
+    def NotifyEvent(self, request: bidder_pb2.NotifyEventRequest, context) -> bidder_pb2.NotifyEventResponse:
+        with self._ledger.batch() as batch:
+            return self._event(request, batch)
+
+    def NotifyEvents(self, request: bidder_pb2.NotifyEventsRequest, context) -> bidder_pb2.NotifyEventsResponse:
+        with self._ledger.batch() as batch:
+            results = answer_each(request.items, lambda item: self._event(item, batch), bidder_pb2.NotifyEventResult)
+        return bidder_pb2.NotifyEventsResponse(results=results)
+
+    def NotifyLoss(self, request: bidder_pb2.NotifyLossRequest, context) -> bidder_pb2.NotifyLossResponse:
+        with self._ledger.batch() as batch:
+            return self._loss(request, batch)
+
+    def NotifyLosses(self, request: bidder_pb2.NotifyLossesRequest, context) -> bidder_pb2.NotifyLossesResponse:
+        with self._ledger.batch() as batch:
+            results = answer_each(request.items, lambda item: self._loss(item, batch), bidder_pb2.NotifyLossResult)
+        return bidder_pb2.NotifyLossesResponse(results=results)
+
+    def GetCounts(self, request, context) -> bidder_pb2.BidderServiceGetCountsResponse:
+        return bidder_pb2.BidderServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
+
+    def ListImpressions(self, request, context):
+        for page in self._ledger.journal.pages():
+            yield bidder_pb2.BidderServiceListImpressionsResponse(page=page)
+
+    # One notice each, unary or an item of a batch: validate, then count in `batch`.
+    def _win(self, request: bidder_pb2.NotifyWinRequest, batch: LedgerBatch) -> bidder_pb2.NotifyWinResponse:
+        campaign_id, _user = self._responder.own_bid(request.bid_id, request.campaign_id)
+        impression_key = f"{request.macros.auction_id}:{request.macros.imp_id}"
+        return bidder_pb2.NotifyWinResponse(counted=batch.record_win(request.bid_id, impression_key, campaign_id))
+
+    def _billing(self, request: bidder_pb2.NotifyBillingRequest,
+                 batch: LedgerBatch) -> bidder_pb2.NotifyBillingResponse:
         if not request.impression_key:
             raise InvalidArgument("impression_key", "is required: billing is idempotent per impression")
         if not request.macros.HasField("price_micros"):
@@ -100,12 +167,12 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
         index = self._bidder.campaign_index(request.campaign_id)
         if index is None:
             raise NotFound("campaign_id", f"no campaign {request.campaign_id!r} at this DSP")
-        _campaign, user_hash = self._bids.get(request.bid_id, (None, None))
-        counted = self._ledger.record_billing(request.impression_key, request.campaign_id, index,
-                                              request.macros.price_micros, user_hash)
+        user_hash = self._responder.bid_user(request.bid_id)
+        counted = batch.record_billing(request.impression_key, request.campaign_id, index,
+                                       request.macros.price_micros, user_hash)
         return bidder_pb2.NotifyBillingResponse(counted=counted)
 
-    def NotifyEvent(self, request: bidder_pb2.NotifyEventRequest, context) -> bidder_pb2.NotifyEventResponse:
+    def _event(self, request: bidder_pb2.NotifyEventRequest, batch: LedgerBatch) -> bidder_pb2.NotifyEventResponse:
         kind = EVENT_KINDS.get(request.kind)
         if kind is None:
             raise InvalidArgument("kind", "must be viewable, click or conversion")
@@ -114,30 +181,86 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
         index = self._bidder.campaign_index(request.campaign_id)
         if index is None:
             raise NotFound("campaign_id", f"no campaign {request.campaign_id!r} at this DSP")
-        counted = self._ledger.record_event(kind, request.impression_key, request.campaign_id, index)
+        counted = batch.record_event(kind, request.impression_key, request.campaign_id, index)
         return bidder_pb2.NotifyEventResponse(counted=counted)
 
-    def NotifyLoss(self, request: bidder_pb2.NotifyLossRequest, context) -> bidder_pb2.NotifyLossResponse:
-        campaign_id, _user = self._own_bid(request.bid_id, request.campaign_id)
-        self._ledger.record_loss(campaign_id, request.macros.loss)
+    def _loss(self, request: bidder_pb2.NotifyLossRequest, batch: LedgerBatch) -> bidder_pb2.NotifyLossResponse:
+        campaign_id, _user = self._responder.own_bid(request.bid_id, request.campaign_id)
+        batch.record_loss(request.bid_id, campaign_id, request.macros.loss)
         return bidder_pb2.NotifyLossResponse()
 
-    def GetCounts(self, request, context) -> bidder_pb2.BidderServiceGetCountsResponse:
-        return bidder_pb2.BidderServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
 
-    def ListImpressions(self, request, context):
-        for page in self._ledger.journal.pages():
-            yield bidder_pb2.BidderServiceListImpressionsResponse(page=page)
+class _Responder:
+    """Decisions -> the OpenRTB 2.6 BidResponse, and the bids it made, remembered
+    so notices are checked against our own bids."""
 
-    def _own_bid(self, bid_id: str, campaign_id: str) -> tuple[str, int]:
+    def __init__(self, config: DspConfig, clock: Callable[[], float]):
+        settings = config.dsp
+        self._seat = settings.seat
+        self._currency = settings.currency
+        self._bid_ttl_s = settings.bid_ttl_s
+        self._clock = clock
+        # bid id -> (campaign id, user key hash), so notices are checked against
+        # our own bids and billing can update the frequency cap.
+        self.bids = ExpiringMap(clock)
+        # Ids unique within this process (a counter) and across its restarts (a
+        # random prefix per start), without a uuid per bid.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
+        # What a bid says about its campaign is the same on every bid: built once,
+        # per campaign and offered format, and copied into each bid.
+        nurl, burl, lurl = (_notice_url(self._seat, kind) for kind in ("win", "billing", "loss"))
+        self._bid_templates = [{fmt: openrtb_pb2.Bid(
+            adm=c.adm, adomain=[c.advertiser_domain], cid=c.id, crid=c.creative_id or f"{c.id}-creative",
+            mtype=MTYPES[fmt], dur=c.duration_s if fmt in ("video", "audio") else 0, nurl=nurl, burl=burl, lurl=lurl,
+        ) for fmt in MTYPES} for c in config.campaigns]
+
+    def fill(self, response: openrtb_pb2.BidResponse, request_id: str, decisions: Sequence[Decision],
+             bids: list[tuple[str, int]], no_bids: list[int]) -> None:
+        """`response` answers the request: a bid per Imp that has one, or a
+        no-bid with the first Imp's reason (OpenRTB 2.6 §7.1); what it said is
+        appended to `bids` (campaign id, bid micros) and `no_bids` (nbr)."""
+        response.id = request_id
+        seatbid = None
+        nbr = 0
+        for decision in decisions:
+            campaign = decision.campaign
+            if campaign is None:
+                nbr = nbr or decision.nbr
+                continue
+            if seatbid is None:
+                seatbid = response.seatbid.add()
+                expires_at_s = self._clock() + self._bid_ttl_s
+            bid = seatbid.bid.add()
+            bid.CopyFrom(self._bid_templates[decision.campaign_index][decision.placement.format])
+            bid.id = bid_id = f"{self._id_prefix}{next(self._ids):x}"
+            bid.impid = decision.placement.imp_id
+            bid.price = micros_to_price(decision.bid_micros)
+            bid.w, bid.h = decision.size
+            self.bids.add(bid_id, expires_at_s, (campaign.id, decision.user_key_hash))
+            bids.append((campaign.id, decision.bid_micros))
+        if seatbid is None:
+            response.nbr = nbr
+            no_bids.append(nbr)
+            return
+        seatbid.seat = self._seat
+        response.bidid = f"{self._id_prefix}{next(self._ids):x}"
+        response.cur = self._currency
+
+    def own_bid(self, bid_id: str, campaign_id: str) -> tuple[str, int]:
+        """The campaign and user of a bid a win or loss notice names."""
         if not bid_id:
             raise InvalidArgument("bid_id", "is required")
-        known = self._bids.get(bid_id)
+        known = self.bids.get(bid_id)
         if known is None:
             raise NotFound("bid_id", f"no outstanding bid {bid_id!r} at this DSP")
         if campaign_id and campaign_id != known[0]:
             raise InvalidArgument("campaign_id", f"bid {bid_id!r} was made for campaign {known[0]!r}")
         return known
+
+    def bid_user(self, bid_id: str) -> int | None:
+        """The user key hash of a bid still remembered, for the frequency cap."""
+        return self.bids.get(bid_id, (None, None))[1]
 
 
 def _notice_url(seat: str, kind: str) -> str:
@@ -153,12 +276,15 @@ class DspApp:
         # Kernels compile (or load from Numba's cache) now, never on a first request.
         log.info("%s: pricing kernels ready in %.2fs", context.instance, engine.warm())
         self.ledger = DspLedger(context.instance, engine, config.campaigns, context.registry, context.clock,
-                                config.dsp.max_campaign_labels)
+                                config.dsp.max_campaign_labels, config.dsp.bid_ttl_s)
         bidder = Bidder(config.campaigns, config.dsp, engine)
         servicer = BidderServicer(config, bidder, self.ledger, context.clock)
+        batch_methods = ("BidStream", "NotifyWins", "NotifyLosses", "NotifyBillings", "NotifyEvents")
         self.servicers = [Servicer(
             bidder_pb2_grpc.add_BidderServiceServicer_to_server, servicer, "adchain.v1.BidderService",
-            ("Bid", "NotifyWin", "NotifyBilling", "NotifyEvent", "NotifyLoss", "GetCounts", "ListImpressions"),
+            ("Bid", "NotifyWin", "NotifyBilling", "NotifyEvent", "NotifyLoss", "GetCounts", "ListImpressions",
+             *batch_methods),
+            batch_methods,
         )]
 
     def start(self) -> None:
