@@ -4,6 +4,10 @@ An impression counts (and is billed) only with a valid token, before it
 expires, once per impression key, when it is not invalid traffic, and within
 the campaign's frequency cap. Clicks, conversions and video events count only
 for an impression that counted, once each per impression.
+
+Beacons come one per call or many per call from an edge collector
+(RecordImpressions); each is judged the same way, in order. A call's counts
+are posted together, and only then do its billing and event notices go out.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import collections
 import threading
 from collections.abc import Callable, Sequence
 
+from google.protobuf.message import Message
+
 from adchain.v1 import ad_server_pb2, bidder_pb2, token_pb2
 from services.adserver.ivt import InvalidTrafficFilter
-from services.adserver.ledger import AdServerLedger
+from services.adserver.ledger import AdServerEntries, AdServerLedger
 from services.adserver.settings import FrequencyCap
+from services.runtime.batch import answer_each
 from services.runtime.dedupe import ExpiringMap
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.tokens import TokenCodec, TokenError
@@ -37,7 +44,8 @@ VIDEO_EVENT_NAMES = {
 # Post-click conversions are attributed for this long after the click.
 CONVERSION_WINDOW_S = 30 * 86_400
 
-Notify = Callable[[str, str, object], None]  # (seat, kind, request)
+# Takes [(seat, kind, request)]: the notices one call's counts owe the DSPs.
+Notify = Callable[[list[tuple[str, str, Message]]], None]
 
 
 class FrequencyCaps:
@@ -78,28 +86,46 @@ class ImpressionCounter:
         self._conversions = ExpiringMap(clock)
         self._video = ExpiringMap(clock)
 
-    def record_impression(self, request: ad_server_pb2.RecordImpressionRequest) -> tuple[int, str]:
-        token = self._verified(request.token)
+    def record_impression(self, request: ad_server_pb2.RecordImpressionRequest
+                          ) -> ad_server_pb2.RecordImpressionResponse:
+        with self._ledger.batch() as entries:
+            response = self._impression(request, entries)
+        self._send(entries)
+        return response
+
+    def record_impressions(self, requests: Sequence[ad_server_pb2.RecordImpressionRequest]
+                           ) -> list[ad_server_pb2.RecordImpressionResult]:
+        """Each beacon judged in order exactly as record_impression judges it,
+        a refused one with its own status; counted together, then notified."""
+        with self._ledger.batch() as entries:
+            results = answer_each(requests, lambda request: self._impression(request, entries),
+                                  ad_server_pb2.RecordImpressionResult)
+        self._send(entries)
+        return results
+
+    def _impression(self, request: ad_server_pb2.RecordImpressionRequest,
+                    entries: AdServerEntries) -> ad_server_pb2.RecordImpressionResponse:
+        token = self._verified(request.token, entries)
         now = self._clock()
-        if now * 1000 > token.expires_at_ms:
-            self._ledger.record_late("impression", token)
-            return LATE, ""
+        expires_at_ms = token.expires_at_ms
+        if now * 1000 > expires_at_ms:
+            entries.record_late("impression", token)
+            return ad_server_pb2.RecordImpressionResponse(outcome=LATE)
         verdict = self._judge(token, request.user_agent, request.ip, now)
         # Every first render of a key takes the key, whatever its verdict: a
         # repeated pixel is a duplicate, never a second chance.
-        if not self._impressions.add(token.impression_key, token.expires_at_ms / 1000.0 + CONVERSION_WINDOW_S,
-                                     verdict):
-            self._ledger.record_duplicate("impression")
-            return DUPLICATE, ""
+        if not self._impressions.add(token.impression_key, expires_at_ms / 1000.0 + CONVERSION_WINDOW_S, verdict):
+            entries.record_duplicate("impression")
+            return ad_server_pb2.RecordImpressionResponse(outcome=DUPLICATE)
         if verdict == "counted":
-            self._ledger.record_rendered(token)
-            self._notify(token.seat, "billing", billing_notice(token))
-            return COUNTED, ""
+            entries.record_rendered(token)
+            entries.notices.append((token.seat, "billing", billing_notice(token)))
+            return ad_server_pb2.RecordImpressionResponse(outcome=COUNTED)
         if verdict == "capped":
-            self._ledger.record_capped(token)
-            return CAPPED, ""
-        self._ledger.record_invalid(token, verdict)
-        return INVALID, verdict
+            entries.record_capped(token)
+            return ad_server_pb2.RecordImpressionResponse(outcome=CAPPED)
+        entries.record_invalid(token, verdict)
+        return ad_server_pb2.RecordImpressionResponse(outcome=INVALID, reason=verdict)
 
     def _judge(self, token: token_pb2.ImpressionToken, user_agent: str, ip: str, now: float) -> str:
         reason = self._ivt.classify(user_agent, ip, token.user_key, token.issued_at_ms, int(now * 1000))
@@ -110,61 +136,83 @@ class ImpressionCounter:
         return "counted"
 
     def record_click(self, request: ad_server_pb2.RecordClickRequest) -> int:
-        token = self._verified(request.token)
+        with self._ledger.batch() as entries:
+            outcome = self._click(request, entries)
+        self._send(entries)
+        return outcome
+
+    def _click(self, request: ad_server_pb2.RecordClickRequest, entries: AdServerEntries) -> int:
+        token = self._verified(request.token, entries)
         if self._impressions.get(token.impression_key) != "counted":
             return NO_IMPRESSION
         if not self._clicks.add(token.impression_key, self._clock() + CONVERSION_WINDOW_S):
-            self._ledger.record_duplicate("click")
+            entries.record_duplicate("click")
             return DUPLICATE
-        self._ledger.record_click(token.campaign_id)
-        self._notify(token.seat, "click", event_notice(token, bidder_pb2.EVENT_KIND_CLICK))
+        entries.record_click(token.campaign_id)
+        entries.notices.append((token.seat, "click", event_notice(token, bidder_pb2.EVENT_KIND_CLICK)))
         return COUNTED
 
     def record_conversion(self, request: ad_server_pb2.RecordConversionRequest) -> int:
-        token = self._verified(request.token)
+        with self._ledger.batch() as entries:
+            outcome = self._conversion(request, entries)
+        self._send(entries)
+        return outcome
+
+    def _conversion(self, request: ad_server_pb2.RecordConversionRequest, entries: AdServerEntries) -> int:
+        token = self._verified(request.token, entries)
         if request.value_micros < 0:
             raise InvalidArgument("value_micros", "must not be negative")
         # Post-click: a conversion is attributed only to a counted click.
         if token.impression_key not in self._clicks:
             return NO_IMPRESSION
         if not self._conversions.add(token.impression_key, self._clock() + CONVERSION_WINDOW_S):
-            self._ledger.record_duplicate("conversion")
+            entries.record_duplicate("conversion")
             return DUPLICATE
-        self._ledger.record_conversion(token.campaign_id, request.value_micros)
-        self._notify(token.seat, "conversion", event_notice(token, bidder_pb2.EVENT_KIND_CONVERSION))
+        entries.record_conversion(token.campaign_id, request.value_micros)
+        entries.notices.append((token.seat, "conversion", event_notice(token, bidder_pb2.EVENT_KIND_CONVERSION)))
         return COUNTED
 
     def record_video_event(self, request: ad_server_pb2.RecordVideoEventRequest) -> int:
         name = VIDEO_EVENT_NAMES.get(request.event)
         if name is None:
             raise InvalidArgument("event", "must be a VAST quartile event")
-        token = self._verified(request.token)
+        with self._ledger.batch() as entries:
+            return self._video_event(request.token, name, entries)
+
+    def _video_event(self, text: str, name: str, entries: AdServerEntries) -> int:
+        token = self._verified(text, entries)
         if token.mtype != 2:
             raise InvalidArgument("token", "is not for a video ad")
         if self._impressions.get(token.impression_key) != "counted":
             return NO_IMPRESSION
         if self._clock() * 1000 > token.expires_at_ms:
-            self._ledger.record_late("video", token)
+            entries.record_late("video", token)
             return LATE
         if not self._video.add(f"{token.impression_key}/{name}", token.expires_at_ms / 1000.0):
-            self._ledger.record_duplicate("video")
+            entries.record_duplicate("video")
             return DUPLICATE
-        self._ledger.record_video_event(name, token.campaign_id)
+        entries.record_video_event(name, token.campaign_id)
         return COUNTED
 
-    def _verified(self, text: str) -> token_pb2.ImpressionToken:
+    def _verified(self, text: str, entries: AdServerEntries) -> token_pb2.ImpressionToken:
         try:
             token = self._tokens.verify(text)
         except TokenError as error:
-            self._ledger.record_rejected_token(error.reason)
+            entries.record_rejected_token(error.reason)
             raise
         if token.seat not in self._seats:
             raise NotFound("token", f"names DSP {token.seat!r}, which this ad server does not bill")
         return token
 
+    def _send(self, entries: AdServerEntries) -> None:
+        # After the post: a DSP is told only of what the ad server has counted.
+        if entries.notices:
+            self._notify(entries.notices)
 
-def _macros(token: token_pb2.ImpressionToken) -> bidder_pb2.AuctionMacros:
-    return bidder_pb2.AuctionMacros(
+
+def _macros(token: token_pb2.ImpressionToken) -> dict:
+    # The AuctionMacros fields as a dict: set straight into the notice, no message to copy.
+    return dict(
         auction_id=token.auction_id, bid_id=token.bid_id, imp_id=token.imp_id, seat_id=token.seat,
         ad_id=token.ad_id, price_micros=token.price_micros, currency=token.currency, imp_ts_ms=token.issued_at_ms,
     )

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import ipaddress
+import socket
 import threading
 
 REASONS = ("bot_user_agent", "datacenter_ip", "render_too_fast", "user_rate_exceeded")
+USER_AGENT_CACHE_SIZE = 8192
 
 # Case-insensitive substrings of user agents that declare automation.
 DEFAULT_BOT_AGENTS = (
@@ -67,22 +70,30 @@ class IvtSettings:
 
 class InvalidTrafficFilter:
     def __init__(self, settings: IvtSettings):
-        self._agents = tuple(a.lower() for a in settings.bot_user_agents)
-        self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in settings.datacenter_cidrs)
+        agents = tuple(a.lower() for a in settings.bot_user_agents)
+        self._ranges = DatacenterRanges(settings.datacenter_cidrs)
         self._min_render_ms = settings.min_render_ms
         self._per_minute = settings.max_impressions_per_user_per_minute
         self._lock = threading.Lock()
         self._recent: dict[str, collections.deque[int]] = {}
         self._sweeps = 0
 
+        # Real traffic carries a few thousand distinct user agents, so each is
+        # matched against the list once, not once per render.
+        @functools.lru_cache(maxsize=USER_AGENT_CACHE_SIZE)
+        def declares_automation(user_agent: str) -> bool:
+            agent = user_agent.lower()
+            return any(marker in agent for marker in agents)
+
+        self._declares_automation = declares_automation
+
     def classify(self, user_agent: str, ip: str, user_key: str, returned_at_ms: int, now_ms: int) -> str | None:
         """The invalid-traffic reason for a render, or None when it looks human.
         Every render attempt counts toward the viewer's rate."""
         rate_exceeded = self._count_render(user_key or ip, now_ms)
-        agent = user_agent.lower()
-        if any(marker in agent for marker in self._agents):
+        if self._declares_automation(user_agent):
             return "bot_user_agent"
-        if self._in_datacenter(ip):
+        if ip and ip in self._ranges:
             return "datacenter_ip"
         if now_ms - returned_at_ms < self._min_render_ms:
             return "render_too_fast"
@@ -90,21 +101,14 @@ class InvalidTrafficFilter:
             return "user_rate_exceeded"
         return None
 
-    def _in_datacenter(self, ip: str) -> bool:
-        if not ip:
-            return False
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self._networks)
-
     def _count_render(self, viewer: str, now_ms: int) -> bool:
         if not viewer:
             return False
         window_start = now_ms - 60_000
         with self._lock:
-            times = self._recent.setdefault(viewer, collections.deque())
+            times = self._recent.get(viewer)
+            if times is None:
+                times = self._recent[viewer] = collections.deque()
             while times and times[0] <= window_start:
                 times.popleft()
             times.append(now_ms)
@@ -114,3 +118,48 @@ class InvalidTrafficFilter:
                 for key in [k for k, v in self._recent.items() if not v or v[-1] <= window_start]:
                     del self._recent[key]
         return exceeded
+
+
+class DatacenterRanges:
+    """Address ranges, as one set of network numbers per prefix length: a
+    lookup costs one set probe per distinct prefix length, however many
+    ranges a provider publishes (AWS alone lists thousands)."""
+
+    def __init__(self, cidrs: tuple[str, ...]):
+        numbers: dict[tuple[int, int], set[int]] = {}  # (address bits, prefix length) -> network numbers
+        for cidr in cidrs:
+            network = ipaddress.ip_network(cidr, strict=False)
+            host_bits = network.max_prefixlen - network.prefixlen
+            numbers.setdefault((network.max_prefixlen, network.prefixlen), set()).add(
+                int(network.network_address) >> host_bits)
+        # address bits -> [(host bits to shift away, network numbers of that prefix length)]
+        self._lookups: dict[int, list[tuple[int, frozenset[int]]]] = {32: [], 128: []}
+        for (bits, length), found in sorted(numbers.items()):
+            self._lookups[bits].append((bits - length, frozenset(found)))
+
+    def __contains__(self, ip: str) -> bool:
+        parsed = _parse_address(ip)
+        if parsed is None:
+            return False
+        bits, value = parsed
+        for shift, numbers in self._lookups[bits]:
+            if value >> shift in numbers:
+                return True
+        return False
+
+
+def _parse_address(ip: str) -> tuple[int, int] | None:
+    """(32 or 128, the address as an integer), or None when `ip` is not an address."""
+    try:
+        return 32, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    except OSError:
+        pass
+    try:
+        return 128, int.from_bytes(socket.inet_pton(socket.AF_INET6, ip), "big")
+    except OSError:
+        pass
+    try:  # what inet_pton does not take but ipaddress does (an IPv6 zone, "fe80::1%eth0")
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    return address.max_prefixlen, int(address)

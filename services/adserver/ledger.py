@@ -2,12 +2,17 @@
 (begin-to-render, at most once per impression key), invalid traffic by
 reason, frequency-capped, duplicate and late events, rejected tokens, clicks,
 conversions, video quartiles, and the notices it sent to DSPs. Each first
-verdict per impression key also goes to the journal for reconciliation."""
+verdict per impression key also goes to the journal for reconciliation.
+
+Events are entered per call (`with ledger.batch() as entries`) and posted
+together when the call ends, so a batch RPC of many events costs one tally
+add per count and one inc(n) per metric child, not one per event."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter
 
 from adchain.v1 import token_pb2
@@ -54,58 +59,99 @@ class AdServerLedger:
             "adchain_adserver_event_notices", "Click and conversion notices to DSPs, by kind and outcome.",
             {"kind": EVENT_NOTICE_KINDS, "outcome": NOTICE_OUTCOMES}, registry)
 
+    def batch(self) -> AdServerEntries:
+        """The entries of one call, posted to the tally, journal and metrics when it ends."""
+        return AdServerEntries(self)
+
+    def record_notice(self, kind: str, outcome: str, n: int = 1) -> None:
+        if kind == "billing":
+            self.tally.add("billing_notices", n, reason=outcome)
+            self._billing[outcome].inc(n)
+        else:
+            self.tally.add("event_notices", n, reason=f"{kind}:{outcome}")
+            self._event_notices[(kind, outcome)].inc(n)
+
+    def _post(self, entries: AdServerEntries) -> None:
+        for (name, reason, campaign), n in entries.counts.items():
+            self.tally.add(name, n, reason=reason, campaign=campaign)
+        for impression_key, outcome, reason, campaign_id, seat in entries.verdicts:
+            self.journal.record(impression_key, outcome, reason=reason, campaign_id=campaign_id, seat=seat)
+        if entries.rendered:
+            self._impressions.record("rendered", entries.rendered)
+        for child, n in entries.metrics.items():
+            child.inc(n)
+
+
+class AdServerEntries:
+    """What one call counts, one event or a batch of them. Posted when the
+    `with` block ends, on an error too (a rejected token is tallied before
+    the call fails); the RPC is answered after the post, never before."""
+
+    def __init__(self, ledger: AdServerLedger):
+        self._ledger = ledger
+        self.counts: dict[tuple[str, str, str], int] = {}  # (name, reason, campaign) -> n
+        self.verdicts: list[tuple[str, str, str, str, str]] = []  # journal records, in event order
+        self.rendered = 0  # impressions at the chain's rendered stage
+        self.metrics: dict[object, int] = {}  # metric child -> n
+        # (seat, kind, request): the notices these counts owe the DSPs, sent after the post.
+        self.notices: list[tuple[str, str, Message]] = []
+
+    def __enter__(self) -> AdServerEntries:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._ledger._post(self)
+
     def record_rendered(self, token: token_pb2.ImpressionToken) -> None:
-        self.tally.add("rendered", reason=token.seat, campaign=token.campaign_id)
+        self._count("rendered", reason=token.seat, campaign=token.campaign_id)
         # Billable value at the ad server's count: CPM micros summed; spend is /1000.
-        self.tally.add("billable_cpm_micros", token.price_micros, reason=token.seat, campaign=token.campaign_id)
+        self._count("billable_cpm_micros", token.price_micros, reason=token.seat, campaign=token.campaign_id)
         if token.duration_s:
-            self.tally.add("ad_seconds", token.duration_s, campaign=token.campaign_id)
-        self.journal.record(token.impression_key, "rendered", campaign_id=token.campaign_id, seat=token.seat)
-        self._impressions.record("rendered")
+            self._count("ad_seconds", token.duration_s, campaign=token.campaign_id)
+        self.verdicts.append((token.impression_key, "rendered", "", token.campaign_id, token.seat))
+        self.rendered += 1
 
     def record_invalid(self, token: token_pb2.ImpressionToken, reason: str) -> None:
-        self.tally.add("invalid", reason=reason, campaign=token.campaign_id)
-        self.journal.record(token.impression_key, "invalid", reason=reason, campaign_id=token.campaign_id,
-                            seat=token.seat)
-        self._invalid[reason].inc()
+        self._count("invalid", reason=reason, campaign=token.campaign_id)
+        self.verdicts.append((token.impression_key, "invalid", reason, token.campaign_id, token.seat))
+        self._inc(self._ledger._invalid[reason])
 
     def record_capped(self, token: token_pb2.ImpressionToken) -> None:
-        self.tally.add("capped", campaign=token.campaign_id)
-        self.journal.record(token.impression_key, "capped", campaign_id=token.campaign_id, seat=token.seat)
-        self._capped.inc()
+        self._count("capped", campaign=token.campaign_id)
+        self.verdicts.append((token.impression_key, "capped", "", token.campaign_id, token.seat))
+        self._inc(self._ledger._capped)
 
     def record_duplicate(self, event: str) -> None:
-        self.tally.add("duplicates", reason=event)
-        self._duplicates[event].inc()
+        self._count("duplicates", reason=event)
+        self._inc(self._ledger._duplicates[event])
 
     def record_late(self, event: str, token: token_pb2.ImpressionToken) -> None:
-        self.tally.add("late", reason=event)
+        self._count("late", reason=event)
         if event == "impression":
-            self.journal.record(token.impression_key, "late", campaign_id=token.campaign_id, seat=token.seat)
-        self._late[event].inc()
+            self.verdicts.append((token.impression_key, "late", "", token.campaign_id, token.seat))
+        self._inc(self._ledger._late[event])
 
     def record_rejected_token(self, reason: str) -> None:
-        self.tally.add("rejected_tokens", reason=reason)
-        self._rejected[reason].inc()
+        self._count("rejected_tokens", reason=reason)
+        self._inc(self._ledger._rejected[reason])
 
     def record_click(self, campaign_id: str) -> None:
-        self.tally.add("clicks", campaign=campaign_id)
-        self._clicks.inc()
+        self._count("clicks", campaign=campaign_id)
+        self._inc(self._ledger._clicks)
 
     def record_conversion(self, campaign_id: str, value_micros: int) -> None:
-        self.tally.add("conversions", campaign=campaign_id)
+        self._count("conversions", campaign=campaign_id)
         if value_micros:
-            self.tally.add("conversion_value_micros", value_micros, campaign=campaign_id)
-        self._conversions.inc()
+            self._count("conversion_value_micros", value_micros, campaign=campaign_id)
+        self._inc(self._ledger._conversions)
 
     def record_video_event(self, event: str, campaign_id: str) -> None:
-        self.tally.add("video_events", reason=event, campaign=campaign_id)
-        self._video[event].inc()
+        self._count("video_events", reason=event, campaign=campaign_id)
+        self._inc(self._ledger._video[event])
 
-    def record_notice(self, kind: str, outcome: str) -> None:
-        if kind == "billing":
-            self.tally.add("billing_notices", reason=outcome)
-            self._billing[outcome].inc()
-        else:
-            self.tally.add("event_notices", reason=f"{kind}:{outcome}")
-            self._event_notices[(kind, outcome)].inc()
+    def _count(self, name: str, n: int = 1, reason: str = "", campaign: str = "") -> None:
+        key = (name, reason, campaign)
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def _inc(self, child: object) -> None:
+        self.metrics[child] = self.metrics.get(child, 0) + 1

@@ -19,8 +19,10 @@ class AdServerServicer(ad_server_pb2_grpc.AdServerServiceServicer):
         self._ledger = ledger
 
     def RecordImpression(self, request, context) -> ad_server_pb2.RecordImpressionResponse:
-        outcome, reason = self._counter.record_impression(request)
-        return ad_server_pb2.RecordImpressionResponse(outcome=outcome, reason=reason)
+        return self._counter.record_impression(request)
+
+    def RecordImpressions(self, request, context) -> ad_server_pb2.RecordImpressionsResponse:
+        return ad_server_pb2.RecordImpressionsResponse(results=self._counter.record_impressions(request.items))
 
     def RecordClick(self, request, context) -> ad_server_pb2.RecordClickResponse:
         return ad_server_pb2.RecordClickResponse(outcome=self._counter.record_click(request))
@@ -47,13 +49,14 @@ class AdServerApp:
         self.notices = NoticeSender(stubs, config.billing, self.ledger.record_notice)
         counter = ImpressionCounter(
             TokenCodec(config.tokens), self.ledger, frozenset(stubs), InvalidTrafficFilter(config.ivt),
-            FrequencyCaps(config.frequency_caps), self.notices.submit, context.clock,
+            FrequencyCaps(config.frequency_caps), self.notices.submit_many, context.clock,
         )
         self.servicers = [Servicer(
             ad_server_pb2_grpc.add_AdServerServiceServicer_to_server, AdServerServicer(counter, self.ledger),
             "adchain.v1.AdServerService",
-            ("RecordImpression", "RecordClick", "RecordConversion", "RecordVideoEvent", "GetCounts",
-             "ListImpressions"),
+            ("RecordImpression", "RecordImpressions", "RecordClick", "RecordConversion", "RecordVideoEvent",
+             "GetCounts", "ListImpressions"),
+            batch_methods=("RecordImpressions",),
         )]
 
     def start(self) -> None:

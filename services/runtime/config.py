@@ -231,6 +231,10 @@ class RetrySettings:
     # ...for this long after the first try, then counted as failed.
     retry_for_s: float = 60.0
     timeout_ms: int = 1000
+    # Notices to one receiver go in batches of at most this many...
+    batch_max_items: int = 256
+    # ...sent once the oldest has waited this long, if the batch is not full sooner.
+    batch_max_delay_ms: int = 20
 
     def validate(self, where: str) -> list[str]:
         problems = []
@@ -240,4 +244,8 @@ class RetrySettings:
             problems.append(f"{where}.retry_for_s: must not be negative")
         if self.timeout_ms <= 0:
             problems.append(f"{where}.timeout_ms: must be positive")
+        if self.batch_max_items < 1:
+            problems.append(f"{where}.batch_max_items: must be at least 1")
+        if self.batch_max_delay_ms < 0:
+            problems.append(f"{where}.batch_max_delay_ms: must not be negative")
         return problems

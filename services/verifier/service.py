@@ -1,85 +1,45 @@
-"""The verifier's counting, ledger and gRPC servicer: each impression is
-classified once as unmeasurable, or measurable and then viewable or not."""
+"""The verifier's classifier, gRPC servicer and role wiring: each impression
+is classified once as unmeasurable, or measurable and then viewable or not.
+Tag reports come one per call (RecordExposure) or in batches from an edge
+collector (RecordExposures); both judge each report the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry
+import numpy as np
+from google.protobuf.message import Message
 
 from adchain.v1 import bidder_pb2, token_pb2, verifier_pb2, verifier_pb2_grpc
-from services.runtime.counting import Tally
+from services.runtime.batch import answer_each
 from services.runtime.dedupe import ExpiringMap
 from services.runtime.errors import InvalidArgument
-from services.runtime.journal import Journal
-from services.runtime.metrics import ImpressionMetrics, labelled_counters
 from services.runtime.notices import NoticeSender
 from services.runtime.peers import BidderPeers
 from services.runtime.server import RoleContext, Servicer
-from services.runtime.tokens import TOKEN_REJECT_REASONS, TokenCodec, TokenError
+from services.runtime.tokens import TokenCodec, TokenError
 from services.verifier import viewability
+from services.verifier.ledger import VerifierEntries, VerifierLedger
 from services.verifier.settings import VerifierConfig
 
+log = logging.getLogger(__name__)
+
 NONE = verifier_pb2.MEASUREMENT_METHOD_NONE
-CLASS_NAMES = {
-    verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE: "unmeasurable",
-    verifier_pb2.EXPOSURE_CLASS_NOT_VIEWABLE: "not_viewable",
-    verifier_pb2.EXPOSURE_CLASS_VIEWABLE: "viewable",
-    verifier_pb2.EXPOSURE_CLASS_DUPLICATE: "duplicate",
-    verifier_pb2.EXPOSURE_CLASS_LATE: "late",
-}
-NOTICE_OUTCOMES = ("sent", "retried", "failed")
-
-
-class VerifierLedger:
-    def __init__(self, instance: str, registry: CollectorRegistry, clock: Callable[[], float]):
-        self.tally = Tally("verifier", instance, clock)
-        self.tally.declare(("tracked", "measurable", "viewable", "unmeasurable", "duplicates", "late",
-                            "rejected_tokens"))
-        self.journal = Journal(clock=clock)
-        self._impressions = ImpressionMetrics("verifier", registry)
-        self._exposures = labelled_counters("adchain_verifier_exposures", "Exposure reports, by verdict.",
-                                            {"verdict": tuple(CLASS_NAMES.values())}, registry)
-        self._rejected = labelled_counters("adchain_verifier_rejected_tokens",
-                                           "Reports with a token that failed verification, by reason.",
-                                           {"reason": TOKEN_REJECT_REASONS}, registry)
-        self._notices = labelled_counters("adchain_verifier_viewable_notices",
-                                          "Viewable-impression notices to DSPs, by outcome.",
-                                          {"outcome": NOTICE_OUTCOMES}, registry)
-
-    def record(self, verdict: int, token: token_pb2.ImpressionToken) -> None:
-        name = CLASS_NAMES[verdict]
-        campaign_id = token.campaign_id
-        self._exposures[name].inc()
-        if verdict == verifier_pb2.EXPOSURE_CLASS_DUPLICATE:
-            self.tally.add("duplicates")
-            return
-        self.journal.record(token.impression_key, name, campaign_id=campaign_id, seat=token.seat)
-        if verdict == verifier_pb2.EXPOSURE_CLASS_LATE:
-            self.tally.add("late", campaign=campaign_id)
-            return
-        self.tally.add("tracked", campaign=campaign_id)
-        if verdict == verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE:
-            self.tally.add("unmeasurable", campaign=campaign_id)
-            return
-        self.tally.add("measurable", campaign=campaign_id)
-        self._impressions.record("measurable")
-        if verdict == verifier_pb2.EXPOSURE_CLASS_VIEWABLE:
-            self.tally.add("viewable", campaign=campaign_id)
-            self._impressions.record("viewable")
-
-    def record_notice(self, _kind: str, outcome: str) -> None:
-        self.tally.add("viewable_notices", reason=outcome)
-        self._notices[outcome].inc()
-
-    def record_rejected_token(self, reason: str) -> None:
-        self.tally.add("rejected_tokens", reason=reason)
-        self._rejected[reason].inc()
+VIEWABLE = verifier_pb2.EXPOSURE_CLASS_VIEWABLE
+# A measurable report the MRC rule has yet to judge (never a response's class).
+MEASURE = verifier_pb2.EXPOSURE_CLASS_UNSPECIFIED
 
 
 class ExposureClassifier:
+    """The verdict on each tag report: refused (bad method, samples or
+    token), duplicate, late, unmeasurable, or held to the MRC rule."""
+
     def __init__(self, tokens: TokenCodec, ledger: VerifierLedger, clock: Callable[[], float],
-                 notify: Callable[[str, str, bidder_pb2.NotifyEventRequest], None] | None = None):
+                 notify: Callable[[list[tuple[str, str, Message]]], None] | None = None):
+        """`notify([(seat, kind, request)])` takes one call's viewable notices,
+        after its counts are posted."""
         self._tokens = tokens
         self._ledger = ledger
         self._clock = clock
@@ -87,39 +47,97 @@ class ExposureClassifier:
         self._seen = ExpiringMap(clock)
 
     def record(self, request: verifier_pb2.RecordExposureRequest) -> verifier_pb2.RecordExposureResponse:
+        samples = list(request.samples)  # read once, for the check and the rule
+        with self._ledger.batch() as entries:
+            verdict, token = self._screen(request, entries, unchecked_samples=samples)
+            in_view_ms = 0
+            if verdict == MEASURE:
+                threshold = viewability.threshold_percent(token.mtype, token.w, token.h)
+                in_view_ms = viewability.longest_in_view_ms(samples, threshold)
+                verdict = _viewable_or_not(token, in_view_ms)
+            entries.record(verdict, token)
+        if verdict == VIEWABLE:
+            self._send([token])
+        return verifier_pb2.RecordExposureResponse(exposure_class=verdict, viewable_ms=in_view_ms)
+
+    def record_batch(self, requests: Sequence[verifier_pb2.RecordExposureRequest]
+                     ) -> list[verifier_pb2.RecordExposureResult]:
+        """Each report judged in order exactly as `record` judges it, a refused
+        one with its own status. The samples of the whole batch are decoded
+        once, checked and held to the MRC rule in one vectorised pass each."""
+        samples = viewability.SampleArrays(requests)
+        flagged = frozenset(samples.invalid_reports().tolist())
+        screened: list[tuple[int, token_pb2.ImpressionToken] | None] = [None] * len(requests)
+        viewable: list[token_pb2.ImpressionToken] = []
+        with self._ledger.batch() as entries:
+            def screen(item: tuple[int, verifier_pb2.RecordExposureRequest]) -> verifier_pb2.RecordExposureResponse:
+                i, request = item
+                screened[i] = self._screen(request, entries, request.samples if i in flagged else None)
+                return verifier_pb2.RecordExposureResponse()  # the verdict is set below
+
+            results = answer_each(list(enumerate(requests)), screen, verifier_pb2.RecordExposureResult)
+            thresholds = np.zeros(len(requests), dtype=np.int64)
+            for i, found in enumerate(screened):
+                if found is not None and found[0] == MEASURE:
+                    thresholds[i] = viewability.threshold_percent(found[1].mtype, found[1].w, found[1].h)
+            in_view_ms = samples.longest_in_view_ms(thresholds)
+            # Entered in report order, as a sequence of unary calls would journal them.
+            for i, found in enumerate(screened):
+                if found is None:  # refused: its status says why
+                    continue
+                verdict, token = found
+                response = results[i].response
+                if verdict == MEASURE:
+                    response.viewable_ms = int(in_view_ms[i])
+                    verdict = _viewable_or_not(token, response.viewable_ms)
+                response.exposure_class = verdict
+                entries.record(verdict, token)
+                if verdict == VIEWABLE:
+                    viewable.append(token)
+        self._send(viewable)
+        return results
+
+    def _screen(self, request: verifier_pb2.RecordExposureRequest, entries: VerifierEntries,
+                unchecked_samples: Sequence[verifier_pb2.InViewSample] | None
+                ) -> tuple[int, token_pb2.ImpressionToken]:
+        """(verdict, token) for a report, or (MEASURE, token) for one the MRC
+        rule must judge; raises for a refused one. `unchecked_samples`: the
+        report's samples to check here, None when they are known to be valid
+        (a batch checks all of its samples at once)."""
         if request.method == verifier_pb2.MEASUREMENT_METHOD_UNSPECIFIED:
             raise InvalidArgument("method", "is required")
-        viewability.validate_samples(request.samples)
+        if unchecked_samples is not None:
+            viewability.validate_samples(unchecked_samples)
         try:
             token = self._tokens.verify(request.token)
         except TokenError as error:
-            self._ledger.record_rejected_token(error.reason)
+            entries.record_rejected_token(error.reason)
             raise
         # Keep keys a day past expiry: a repeat long after is still a duplicate.
         if not self._seen.add(token.impression_key, token.expires_at_ms / 1000.0 + 86_400):
-            self._ledger.record(verifier_pb2.EXPOSURE_CLASS_DUPLICATE, token)
-            return verifier_pb2.RecordExposureResponse(exposure_class=verifier_pb2.EXPOSURE_CLASS_DUPLICATE)
+            return verifier_pb2.EXPOSURE_CLASS_DUPLICATE, token
         if self._clock() * 1000 > token.expires_at_ms:
-            self._ledger.record(verifier_pb2.EXPOSURE_CLASS_LATE, token)
-            return verifier_pb2.RecordExposureResponse(exposure_class=verifier_pb2.EXPOSURE_CLASS_LATE)
+            return verifier_pb2.EXPOSURE_CLASS_LATE, token
         if request.method == NONE:
-            verdict, in_view_ms = verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE, 0
-        else:
-            threshold = viewability.threshold_percent(token.mtype, token.w, token.h)
-            in_view_ms = viewability.longest_in_view_ms(request.samples, threshold)
-            verdict = (verifier_pb2.EXPOSURE_CLASS_VIEWABLE if in_view_ms >= viewability.required_ms(token.mtype)
-                       else verifier_pb2.EXPOSURE_CLASS_NOT_VIEWABLE)
-        self._ledger.record(verdict, token)
-        if verdict == verifier_pb2.EXPOSURE_CLASS_VIEWABLE and self._notify is not None:
-            self._notify(token.seat, "viewable", viewable_notice(token))
-        return verifier_pb2.RecordExposureResponse(exposure_class=verdict, viewable_ms=in_view_ms)
+            return verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE, token
+        return MEASURE, token
+
+    def _send(self, viewable: list[token_pb2.ImpressionToken]) -> None:
+        # After the post: a DSP is told only of what the verifier has counted.
+        if viewable and self._notify is not None:
+            self._notify([(token.seat, "viewable", viewable_notice(token)) for token in viewable])
+
+
+def _viewable_or_not(token: token_pb2.ImpressionToken, in_view_ms: int) -> int:
+    return VIEWABLE if in_view_ms >= viewability.required_ms(token.mtype) else verifier_pb2.EXPOSURE_CLASS_NOT_VIEWABLE
 
 
 def viewable_notice(token: token_pb2.ImpressionToken) -> bidder_pb2.NotifyEventRequest:
     return bidder_pb2.NotifyEventRequest(
         kind=bidder_pb2.EVENT_KIND_VIEWABLE,
-        macros=bidder_pb2.AuctionMacros(auction_id=token.auction_id, imp_id=token.imp_id, seat_id=token.seat,
-                                        price_micros=token.price_micros, currency=token.currency),
+        # The AuctionMacros fields as a dict: set straight into the notice, no message to copy.
+        macros=dict(auction_id=token.auction_id, imp_id=token.imp_id, seat_id=token.seat,
+                    price_micros=token.price_micros, currency=token.currency),
         bid_id=token.bid_id, campaign_id=token.campaign_id, impression_key=token.impression_key,
     )
 
@@ -132,6 +150,9 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     def RecordExposure(self, request, context) -> verifier_pb2.RecordExposureResponse:
         return self._classifier.record(request)
 
+    def RecordExposures(self, request, context) -> verifier_pb2.RecordExposuresResponse:
+        return verifier_pb2.RecordExposuresResponse(results=self._classifier.record_batch(request.items))
+
     def GetCounts(self, request, context) -> verifier_pb2.VerifierServiceGetCountsResponse:
         return verifier_pb2.VerifierServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
 
@@ -143,16 +164,21 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
 class VerifierApp:
     def __init__(self, config: VerifierConfig, context: RoleContext):
         self.ledger = VerifierLedger(context.instance, context.registry, context.clock)
+        started = time.perf_counter()
+        # The samples decoder compiles (or loads from Numba's cache) now, never on a first request.
+        viewability.warm()
+        log.info("%s: viewability kernels ready in %.2fs", context.instance, time.perf_counter() - started)
         self._dsps = BidderPeers(config.dsps)
         stubs = self._dsps.stubs
         self.notices = NoticeSender(stubs, config.notices, self.ledger.record_notice)
         # A token naming a DSP the verifier does not know is still measured; only the notice is skipped.
-        notify = (lambda seat, kind, notice: self.notices.submit(seat, kind, notice) if seat in stubs else None)
+        notify = (lambda notices: self.notices.submit_many(n for n in notices if n[0] in stubs))
         classifier = ExposureClassifier(TokenCodec(config.tokens), self.ledger, context.clock,
                                         notify if stubs else None)
         self.servicers = [Servicer(
             verifier_pb2_grpc.add_VerifierServiceServicer_to_server, VerifierServicer(classifier, self.ledger),
-            "adchain.v1.VerifierService", ("RecordExposure", "GetCounts", "ListImpressions"),
+            "adchain.v1.VerifierService", ("RecordExposure", "RecordExposures", "GetCounts", "ListImpressions"),
+            batch_methods=("RecordExposures",),
         )]
 
     def start(self) -> None:

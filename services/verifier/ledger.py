@@ -1,0 +1,119 @@
+"""Everything the verifier counts, in one place: tracked, measurable and
+viewable impressions per campaign (IAB/MRC), unmeasurable, duplicate and
+late reports, rejected tokens, and the viewable notices it sent to DSPs.
+Each first verdict per impression key also goes to the journal for
+reconciliation.
+
+Reports are entered per call (`with ledger.batch() as entries`) and posted
+together when the call ends, so a batch RPC of many reports costs one tally
+add per count and one inc(n) per metric child, not one per report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from adchain.v1 import token_pb2, verifier_pb2
+from services.runtime.counting import Tally
+from services.runtime.journal import Journal
+from services.runtime.metrics import ImpressionMetrics, labelled_counters
+from services.runtime.tokens import TOKEN_REJECT_REASONS
+
+CLASS_NAMES = {
+    verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE: "unmeasurable",
+    verifier_pb2.EXPOSURE_CLASS_NOT_VIEWABLE: "not_viewable",
+    verifier_pb2.EXPOSURE_CLASS_VIEWABLE: "viewable",
+    verifier_pb2.EXPOSURE_CLASS_DUPLICATE: "duplicate",
+    verifier_pb2.EXPOSURE_CLASS_LATE: "late",
+}
+NOTICE_OUTCOMES = ("sent", "retried", "failed")
+
+
+class VerifierLedger:
+    def __init__(self, instance: str, registry: CollectorRegistry, clock: Callable[[], float]):
+        self.tally = Tally("verifier", instance, clock)
+        self.tally.declare(("tracked", "measurable", "viewable", "unmeasurable", "duplicates", "late",
+                            "rejected_tokens"))
+        self.journal = Journal(clock=clock)
+        self._impressions = ImpressionMetrics("verifier", registry)
+        self._exposures = labelled_counters("adchain_verifier_exposures", "Exposure reports, by verdict.",
+                                            {"verdict": tuple(CLASS_NAMES.values())}, registry)
+        self._rejected = labelled_counters("adchain_verifier_rejected_tokens",
+                                           "Reports with a token that failed verification, by reason.",
+                                           {"reason": TOKEN_REJECT_REASONS}, registry)
+        self._notices = labelled_counters("adchain_verifier_viewable_notices",
+                                          "Viewable-impression notices to DSPs, by outcome.",
+                                          {"outcome": NOTICE_OUTCOMES}, registry)
+
+    def batch(self) -> VerifierEntries:
+        """The entries of one call, posted to the tally, journal and metrics when it ends."""
+        return VerifierEntries(self)
+
+    def record_notice(self, _kind: str, outcome: str, n: int = 1) -> None:
+        self.tally.add("viewable_notices", n, reason=outcome)
+        self._notices[outcome].inc(n)
+
+    def _post(self, entries: VerifierEntries) -> None:
+        for (name, campaign), n in entries.counts.items():
+            self.tally.add(name, n, campaign=campaign)
+        for reason, n in entries.rejected.items():
+            self.tally.add("rejected_tokens", n, reason=reason)
+            self._rejected[reason].inc(n)
+        for impression_key, verdict, campaign_id, seat in entries.verdicts:
+            self.journal.record(impression_key, verdict, campaign_id=campaign_id, seat=seat)
+        for verdict, n in entries.exposures.items():
+            self._exposures[verdict].inc(n)
+        if entries.measurable:
+            self._impressions.record("measurable", entries.measurable)
+        if entries.viewable:
+            self._impressions.record("viewable", entries.viewable)
+
+
+class VerifierEntries:
+    """What one call counts, one report or a batch of them, posted to the
+    ledger together when the `with` block ends (on an error too: a rejected
+    token is tallied before the call fails): one tally add per count and one
+    inc(n) per metric child, however many reports."""
+
+    def __init__(self, ledger: VerifierLedger):
+        self._ledger = ledger
+        self.counts: dict[tuple[str, str], int] = {}  # (name, campaign) -> n
+        self.rejected: dict[str, int] = {}  # token reject reason -> n
+        self.verdicts: list[tuple[str, str, str, str]] = []  # journal records, in report order
+        self.exposures: dict[str, int] = {}  # verdict name -> n
+        self.measurable = self.viewable = 0  # impressions at these chain stages
+
+    def __enter__(self) -> VerifierEntries:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._ledger._post(self)
+
+    def record(self, verdict: int, token: token_pb2.ImpressionToken) -> None:
+        name = CLASS_NAMES[verdict]
+        campaign_id = token.campaign_id
+        self.exposures[name] = self.exposures.get(name, 0) + 1
+        if verdict == verifier_pb2.EXPOSURE_CLASS_DUPLICATE:
+            self._count("duplicates")
+            return
+        self.verdicts.append((token.impression_key, name, campaign_id, token.seat))
+        if verdict == verifier_pb2.EXPOSURE_CLASS_LATE:
+            self._count("late", campaign_id)
+            return
+        self._count("tracked", campaign_id)
+        if verdict == verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE:
+            self._count("unmeasurable", campaign_id)
+            return
+        self._count("measurable", campaign_id)
+        self.measurable += 1
+        if verdict == verifier_pb2.EXPOSURE_CLASS_VIEWABLE:
+            self._count("viewable", campaign_id)
+            self.viewable += 1
+
+    def record_rejected_token(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def _count(self, name: str, campaign: str = "") -> None:
+        key = (name, campaign)
+        self.counts[key] = self.counts.get(key, 0) + 1
