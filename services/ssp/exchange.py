@@ -1,25 +1,29 @@
 """The auction, top-down: validate the opportunity, build the OpenRTB bid
-request, call every DSP in parallel under tmax, clear each Imp (an ad pod's
-slots in play order, with competitive separation), notify winners and
-losers, and return the ads with their signed impression tokens."""
+request, ask every DSP at once under tmax, clear each Imp (an ad pod's slots
+in play order, with competitive separation), notify winners and losers, and
+return the ads with their signed impression tokens. A RequestAds batch runs
+every item's auction at once, each exactly as a RequestAd would run it."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
+import os
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-import grpc
+from google.rpc import code_pb2
 
-from adchain.v1 import bidder_pb2, bidder_pb2_grpc, exchange_pb2, openrtb_pb2, token_pb2
+from adchain.v1 import batch_pb2, bidder_pb2, exchange_pb2, openrtb_pb2, token_pb2
 from pricing_core.money import price_to_micros
-from services.runtime.errors import InvalidArgument
+from services.runtime import batch
+from services.runtime.errors import InvalidArgument, RequestError
 from services.runtime.tokens import TokenCodec
 from services.ssp import auction, macros
+from services.ssp.bidstream import ANSWERED, TIMEOUT, Answer, BidRound
 from services.ssp.ledger import SspLedger
+from services.ssp.notices import LOSS, WIN, NoticeBatches
 from services.ssp.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,13 @@ MAX_POD_SLOTS = 20
 LOSS_ADVERTISER_EXCLUSIONS = 205
 
 
-@dataclasses.dataclass(frozen=True)
+class Bidders(Protocol):
+    """The fan-out to every DSP (services/ssp/bidstream.py)."""
+
+    def ask(self, bid_requests: Sequence[openrtb_pb2.BidRequest]) -> BidRound: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Candidate:
     """A valid bid from one DSP, its price converted to micros at the edge."""
 
@@ -42,7 +52,7 @@ class Candidate:
     price_micros: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Placed:
     """A cleared Imp: the winner and the ad that goes back to the caller."""
 
@@ -50,42 +60,78 @@ class Placed:
     ad: exchange_pb2.Ad
 
 
+@dataclasses.dataclass(slots=True)
+class _Auction:
+    """One opportunity between its bid request and its clearing."""
+
+    request: exchange_pb2.RequestAdRequest | exchange_pb2.RequestAdPodRequest
+    bid_request: openrtb_pb2.BidRequest
+    started: float
+
+
 class Exchange:
-    def __init__(self, settings: ExchangeSettings, bidders: Mapping[str, bidder_pb2_grpc.BidderServiceStub],
-                 tokens: TokenCodec, ledger: SspLedger, clock: Callable[[], float] = time.time):
+    def __init__(self, settings: ExchangeSettings, bidders: Bidders, notices: NoticeBatches, tokens: TokenCodec,
+                 ledger: SspLedger, clock: Callable[[], float] = time.time):
         self._settings = settings
-        self._bidders = dict(bidders)
+        self._bidders = bidders
+        self._notices = notices
         self._tokens = tokens
         self._ledger = ledger
         self._clock = clock
-        self._notices_in_flight = 0
-        self._notices_done = threading.Condition()
-
-    def drain(self, timeout_s: float) -> int:
-        """Wait for win and loss notices still in flight; returns how many
-        did not finish in time."""
-        deadline = time.monotonic() + timeout_s
-        with self._notices_done:
-            while self._notices_in_flight and time.monotonic() < deadline:
-                self._notices_done.wait(deadline - time.monotonic())
-            return self._notices_in_flight
 
     def request_ad(self, request: exchange_pb2.RequestAdRequest) -> tuple[exchange_pb2.RequestAdResponse, list[Placed]]:
         validate(request)
         self._ledger.record_ad_request()
-        started = time.perf_counter()
-        bid_request = self._bid_request(request, [request.imp], request.tmax_ms, request.at)
-        candidates, timed_out = self._collect_bids(bid_request)
-        placed, outcome = self._clear_imp(bid_request, bid_request.imp[0], candidates, excluded_domains=set())
-        self._ledger.auction_seconds.observe(time.perf_counter() - started)
-        response = exchange_pb2.RequestAdResponse(request_id=request.request_id)
-        if placed is None:
-            reason = "below_floor" if candidates else "timeout" if timed_out == len(self._bidders) else "no_bids"
-            self._ledger.record_no_fill(reason)
-            response.no_fill_reason = _NO_FILL[reason]
-            return response, []
-        response.ad.CopyFrom(placed.ad)
-        return response, [placed]
+        opened = self._open(request, [request.imp], request.tmax_ms, request.at)
+        ((_index, answers),) = self._bidders.ask([opened.bid_request]).completed()
+        response = exchange_pb2.RequestAdResponse()
+        return response, self._settle(opened, answers, response)
+
+    def request_ads(self, items: Sequence[exchange_pb2.RequestAdRequest], received_at: float
+                    ) -> tuple[exchange_pb2.RequestAdsResponse, list[Placed], list[Placed]]:
+        """Every item's auction at once: each validated, counted and cleared
+        as request_ad would, under its own tmax. results[i] answers items[i];
+        a refused item gets its own status and changes no count. Returns the
+        response, the ads it carries, and the ads whose pages stopped waiting
+        (`received_at`, time.monotonic(), is when the batch arrived)."""
+        response = exchange_pb2.RequestAdsResponse()
+        results = [response.results.add() for _ in items]
+        indices, auctions = [], []
+        for i, item in enumerate(items):
+            try:
+                validate(item)
+            except RequestError as error:
+                results[i].status.CopyFrom(batch.refused(error, f"items[{i}]"))
+                continue
+            self._ledger.record_ad_request()
+            indices.append(i)
+            auctions.append(self._open(item, [item.imp], item.tmax_ms, item.at))
+        won: dict[int, list[Placed]] = {}
+        if auctions:
+            # Every item's bid requests leave at once; each item clears as soon as its answers are in.
+            for j, answers in self._bidders.ask([a.bid_request for a in auctions]).completed():
+                i, result = indices[j], results[indices[j]]
+                try:
+                    won[i] = self._settle(auctions[j], answers, result.response)
+                except Exception:  # one item's failure never fails the batch
+                    log.exception("items[%d] failed", i)
+                    result.ClearField("response")
+                    result.status.CopyFrom(batch.failed(f"items[{i}]"))
+                    continue
+                result.status.CopyFrom(batch.OK)
+        # Each item's ad reaches its page only with the whole response, which
+        # leaves now: a page whose wait is over by now never gets its ad.
+        waited_ms = (time.monotonic() - received_at) * 1000.0
+        carried, gave_up = [], []
+        for i, placed in won.items():
+            deadline_ms = items[i].caller_deadline_ms
+            if deadline_ms and waited_ms > deadline_ms:
+                results[i].ClearField("response")
+                results[i].status.CopyFrom(_page_gone(i, deadline_ms, waited_ms))
+                gave_up.extend(placed)
+            else:
+                carried.extend(placed)
+        return response, carried, gave_up
 
     def request_ad_pod(self, request: exchange_pb2.RequestAdPodRequest
                        ) -> tuple[exchange_pb2.RequestAdPodResponse, list[Placed]]:
@@ -94,41 +140,45 @@ class Exchange:
         excluded (competitive separation)."""
         validate_pod(request)
         self._ledger.record_ad_request()
-        started = time.perf_counter()
-        bid_request = self._bid_request(request, request.imp, request.tmax_ms, request.at)
-        candidates, _timed_out = self._collect_bids(bid_request)
+        opened = self._open(request, request.imp, request.tmax_ms, request.at)
+        bid_request = opened.bid_request
+        ((_index, answers),) = self._bidders.ask([bid_request]).completed()
+        candidates, _timed_out = self._read_answers(bid_request, answers)
+        response = exchange_pb2.RequestAdPodResponse(request_id=request.request_id)
         placed_ads: list[Placed] = []
         used_domains: set[str] = set()
         for imp in bid_request.imp:
             mine = [c for c in candidates if c.bid.impid == imp.id]
-            placed, _outcome = self._clear_imp(bid_request, imp, mine, used_domains)
+            placed = self._clear_imp(bid_request, imp, mine, used_domains, response.ads.add)
             if placed is not None:
                 placed_ads.append(placed)
                 used_domains.update(placed.winner.bid.adomain)
-        self._ledger.auction_seconds.observe(time.perf_counter() - started)
+        self._ledger.auction_seconds.observe(time.perf_counter() - opened.started)
         ad_seconds = sum(p.winner.bid.dur for p in placed_ads)
         self._ledger.record_pod(len(bid_request.imp), len(placed_ads), ad_seconds, request.content_seconds)
-        return exchange_pb2.RequestAdPodResponse(
-            request_id=request.request_id,
-            ads=[p.ad for p in placed_ads],
-            unfilled_slots=len(bid_request.imp) - len(placed_ads),
-        ), placed_ads
+        response.unfilled_slots = len(bid_request.imp) - len(placed_ads)
+        return response, placed_ads
 
-    def _bid_request(self, request, imps: Sequence[openrtb_pb2.Imp], tmax_ms: int, at: int) -> openrtb_pb2.BidRequest:
+    def _open(self, request, imps: Sequence[openrtb_pb2.Imp], tmax_ms: int, at: int) -> _Auction:
         # The auction gets the time the caller asked for (or the default), as
         # a real exchange does; a caller that gives up sooner does not get the
         # ad, and the exchange does not count it as returned.
+        started = time.perf_counter()
+        # 128 random bits, as uuid4 carries, for a fraction of its cost: the
+        # auction id is the impression key's prefix and must never repeat.
         bid_request = openrtb_pb2.BidRequest(
-            id=uuid.uuid4().hex,
+            id=os.urandom(16).hex(),
+            imp=imps,
             tmax=tmax_ms or self._settings.tmax_ms,
             at=at or self._settings.auction_type,
-            cur=[self._settings.currency],
-            source=openrtb_pb2.Source(tid=uuid.uuid4().hex),
+            cur=(self._settings.currency,),
+            # OpenRTB 2.6 §3.2.2: the transaction id every party to this
+            # opportunity shares; the exchange is where it starts.
+            source=openrtb_pb2.Source(tid=os.urandom(16).hex()),
         )
-        for i, given in enumerate(imps):
-            imp = bid_request.imp.add()
-            imp.CopyFrom(given)
-            imp.id = imp.id or str(i + 1)
+        for i, imp in enumerate(bid_request.imp):
+            if not imp.id:
+                imp.id = str(i + 1)
             if not imp.HasField("bidfloorcur"):
                 imp.bidfloorcur = self._settings.currency
             if not imp.HasField("exp"):
@@ -136,25 +186,36 @@ class Exchange:
         for name in ("site", "app", "device", "user", "regs"):
             if request.HasField(name):
                 getattr(bid_request, name).CopyFrom(getattr(request, name))
-        return bid_request
+        return _Auction(request, bid_request, started)
 
-    def _collect_bids(self, bid_request: openrtb_pb2.BidRequest) -> tuple[list[Candidate], int]:
-        """Ask every DSP at once; whatever has not answered by tmax is out."""
-        timeout_s = bid_request.tmax / 1000.0
-        calls = {name: stub.Bid.future(bid_request, timeout=timeout_s) for name, stub in self._bidders.items()}
+    def _settle(self, opened: _Auction, answers: dict[str, Answer],
+                response: exchange_pb2.RequestAdResponse) -> list[Placed]:
+        """Clear a single-Imp auction from its answers into `response`: the
+        ad, or why none."""
+        bid_request = opened.bid_request
+        candidates, timed_out = self._read_answers(bid_request, answers)
+        response.request_id = opened.request.request_id
+        # The ad is written where the caller reads it: no copy of it.
+        placed = self._clear_imp(bid_request, bid_request.imp[0], candidates, set(), lambda: response.ad)
+        self._ledger.auction_seconds.observe(time.perf_counter() - opened.started)
+        if placed is None:
+            reason = "below_floor" if candidates else "timeout" if timed_out == len(answers) else "no_bids"
+            self._ledger.record_no_fill(reason)
+            response.no_fill_reason = _NO_FILL[reason]
+            return []
+        return [placed]
+
+    def _read_answers(self, bid_request: openrtb_pb2.BidRequest, answers: dict[str, Answer]
+                      ) -> tuple[list[Candidate], int]:
+        """Each DSP's outcome counted; its valid bids as candidates. A DSP
+        that missed tmax is out of the auction (a timeout)."""
         candidates, timed_out = [], 0
-        for name, call in calls.items():
-            try:
-                response = call.result()
-            except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    timed_out += 1
-                    self._ledger.record_bid_outcome(name, "timeout")
-                else:
-                    log.warning("bid request to %s failed: %s", name, error.code().name)
-                    self._ledger.record_bid_outcome(name, "error")
+        for name, answer in answers.items():
+            if answer.outcome != ANSWERED:
+                timed_out += answer.outcome == TIMEOUT
+                self._ledger.record_bid_outcome(name, answer.outcome)
                 continue
-            valid = list(self._valid_bids(name, bid_request, response))
+            valid = list(self._valid_bids(name, bid_request, answer.response))
             self._ledger.record_bid_outcome(name, "bid" if valid else "no_bid")
             candidates.extend(valid)
         return candidates, timed_out
@@ -176,75 +237,63 @@ class Exchange:
                                     price_micros=price)
 
     def _clear_imp(self, bid_request: openrtb_pb2.BidRequest, imp: openrtb_pb2.Imp, candidates: list[Candidate],
-                   excluded_domains: set[str]) -> tuple[Placed | None, auction.Outcome | None]:
-        """Clear one Imp among its eligible bids and send every notice."""
-        excluded = [c for c in candidates if excluded_domains.intersection(c.bid.adomain)]
-        eligible = [c for c in candidates if not excluded_domains.intersection(c.bid.adomain)]
-        for candidate in excluded:
-            self._send_loss(bid_request, candidate, LOSS_ADVERTISER_EXCLUSIONS, None)
+                   excluded_domains: set[str], new_ad: Callable[[], exchange_pb2.Ad]) -> Placed | None:
+        """Clear one Imp among its eligible bids and send every notice; the
+        winner's ad is written into `new_ad()`."""
+        eligible = []
+        for candidate in candidates:
+            if excluded_domains.intersection(candidate.bid.adomain):
+                self._send_loss(bid_request, candidate, LOSS_ADVERTISER_EXCLUSIONS, None)
+            else:
+                eligible.append(candidate)
         outcome = auction.clear([c.price_micros for c in eligible], price_to_micros(imp.bidfloor), bid_request.at,
                                 self._settings.increment_micros)
         for i, candidate in enumerate(eligible):
             if i != outcome.winner:
                 self._send_loss(bid_request, candidate, outcome.loss_codes[i], outcome.min_to_win_micros[i])
         if outcome.winner is None:
-            return None, outcome
+            return None
         winner = eligible[outcome.winner]
-        notice = self._macros(bid_request, imp, winner, auction.LOSS_WON, outcome.min_to_win_micros[outcome.winner])
+        win = bidder_pb2.NotifyWinRequest(bid_id=winner.bid.id, campaign_id=winner.bid.cid)
+        notice = self._macros(win.macros, bid_request, imp, winner, auction.LOSS_WON,
+                              outcome.min_to_win_micros[outcome.winner])
         notice.price_micros = outcome.clearing_price_micros
         notice.mbr_millionths = outcome.clearing_price_micros * 1_000_000 // winner.price_micros
-        self._send(winner, "win", notice)
+        # OpenRTB 2.6 §4.3: the winner's nurl, its macros substituted (§4.4).
+        win.notice_url = macros.expand(winner.bid.nurl, notice)
+        self._notices.send(winner.dsp, WIN, win)
         self._ledger.record_auction_won(winner.seat, winner.bid.cid, outcome.clearing_price_micros)
-        return Placed(winner, self._ad(bid_request, imp, winner, notice)), outcome
+        return Placed(winner, self._ad(new_ad(), bid_request, imp, winner, notice))
 
-    def _send_loss(self, bid_request, candidate: Candidate, loss_code: int, min_to_win: int | None) -> None:
+    def _send_loss(self, bid_request: openrtb_pb2.BidRequest, candidate: Candidate, loss_code: int,
+                   min_to_win: int | None) -> None:
+        """OpenRTB 2.6 §4.3: every loser's lurl, with its loss code and the
+        price it needed to win."""
         imp = next(i for i in bid_request.imp if i.id == candidate.bid.impid)
-        self._send(candidate, "loss", self._macros(bid_request, imp, candidate, loss_code, min_to_win))
+        loss = bidder_pb2.NotifyLossRequest(bid_id=candidate.bid.id, campaign_id=candidate.bid.cid)
+        notice = self._macros(loss.macros, bid_request, imp, candidate, loss_code, min_to_win)
+        loss.notice_url = macros.expand(candidate.bid.lurl, notice)
+        self._notices.send(candidate.dsp, LOSS, loss)
 
-    def _send(self, candidate: Candidate, kind: str, notice: bidder_pb2.AuctionMacros) -> None:
-        """OpenRTB 2.6 §4.3: the winner's nurl, every loser's lurl, with the
-        macros substituted; sent without waiting, outcomes counted."""
-        stub = self._bidders[candidate.dsp]
-        timeout_s = self._settings.notice_timeout_ms / 1000.0
-        if kind == "win":
-            url = macros.substitute(candidate.bid.nurl, macros.values(notice))
-            call = stub.NotifyWin.future(bidder_pb2.NotifyWinRequest(
-                macros=notice, bid_id=candidate.bid.id, campaign_id=candidate.bid.cid, notice_url=url),
-                timeout=timeout_s)
-        else:
-            url = macros.substitute(candidate.bid.lurl, macros.values(notice))
-            call = stub.NotifyLoss.future(bidder_pb2.NotifyLossRequest(
-                macros=notice, bid_id=candidate.bid.id, campaign_id=candidate.bid.cid, notice_url=url),
-                timeout=timeout_s)
-        with self._notices_done:
-            self._notices_in_flight += 1
-        call.add_done_callback(lambda f: self._notice_done(kind, f))
-
-    def _notice_done(self, kind: str, call: grpc.Future) -> None:
-        self._ledger.record_notice(kind, "failed" if call.exception() is not None else "sent")
-        with self._notices_done:
-            self._notices_in_flight -= 1
-            self._notices_done.notify_all()
-
-    def _macros(self, bid_request, imp: openrtb_pb2.Imp, candidate: Candidate, loss_code: int,
-                min_to_win: int | None) -> bidder_pb2.AuctionMacros:
-        notice = bidder_pb2.AuctionMacros(
-            auction_id=bid_request.id,
-            bid_id=candidate.response_bidid,
-            imp_id=candidate.bid.impid,
-            seat_id=candidate.seat,
-            ad_id=candidate.bid.adid,
-            currency=self._settings.currency,
-            loss=loss_code,
-        )
+    def _macros(self, notice: bidder_pb2.AuctionMacros, bid_request: openrtb_pb2.BidRequest, imp: openrtb_pb2.Imp,
+                candidate: Candidate, loss_code: int, min_to_win: int | None) -> bidder_pb2.AuctionMacros:
+        """Fill a notice's §4.4 macro values in place."""
+        notice.auction_id = bid_request.id
+        notice.bid_id = candidate.response_bidid
+        notice.imp_id = candidate.bid.impid
+        notice.seat_id = candidate.seat
+        notice.ad_id = candidate.bid.adid
+        notice.currency = self._settings.currency
+        notice.loss = loss_code
         if min_to_win is not None:
             notice.min_to_win_micros = min_to_win
         if imp.HasField("qty") and imp.qty.HasField("multiplier"):
             notice.multiplier_millionths = round(imp.qty.multiplier * 1_000_000)
         return notice
 
-    def _ad(self, bid_request: openrtb_pb2.BidRequest, imp: openrtb_pb2.Imp, winner: Candidate,
+    def _ad(self, ad: exchange_pb2.Ad, bid_request: openrtb_pb2.BidRequest, imp: openrtb_pb2.Imp, winner: Candidate,
             notice: bidder_pb2.AuctionMacros) -> exchange_pb2.Ad:
+        """Fill `ad` with the winner's creative and its signed impression token."""
         bid = winner.bid
         now_ms = int(self._clock() * 1000)
         ttl_s = bid.exp if bid.HasField("exp") and bid.exp > 0 else imp.exp
@@ -259,24 +308,23 @@ class Exchange:
             price_micros=notice.price_micros, currency=self._settings.currency, mtype=mtype, w=w, h=h,
             issued_at_ms=now_ms, expires_at_ms=now_ms + ttl_s * 1000,
             user_key=user.buyeruid or user.id or bid_request.device.ifa or bid_request.device.ip,
-            adomain=list(bid.adomain), duration_s=bid.dur,
+            adomain=bid.adomain, duration_s=bid.dur,
         )
-        return exchange_pb2.Ad(
-            token=self._tokens.sign(token),
-            impression_key=impression_key,
-            auction_id=bid_request.id,
-            adm=macros.substitute(bid.adm, macros.values(notice)),
-            price_micros=notice.price_micros,
-            currency=self._settings.currency,
-            seat=winner.seat,
-            campaign_id=bid.cid,
-            creative_id=bid.crid,
-            adomain=list(bid.adomain),
-            w=w,
-            h=h,
-            mtype=mtype,
-            expires_at_ms=token.expires_at_ms,
-        )
+        ad.token = self._tokens.sign(token)
+        ad.impression_key = impression_key
+        ad.auction_id = bid_request.id
+        ad.adm = macros.expand(bid.adm, notice)
+        ad.price_micros = notice.price_micros
+        ad.currency = self._settings.currency
+        ad.seat = winner.seat
+        ad.campaign_id = bid.cid
+        ad.creative_id = bid.crid
+        ad.adomain.extend(bid.adomain)
+        ad.w = w
+        ad.h = h
+        ad.mtype = mtype
+        ad.expires_at_ms = token.expires_at_ms
+        return ad
 
 
 def validate(request: exchange_pb2.RequestAdRequest) -> None:
@@ -285,6 +333,8 @@ def validate(request: exchange_pb2.RequestAdRequest) -> None:
         raise InvalidArgument("imp", "is required: the placement to fill")
     _validate_imp(request.imp, "imp")
     _validate_common(request)
+    if request.caller_deadline_ms < 0:
+        raise InvalidArgument("caller_deadline_ms", "must not be negative")
 
 
 def validate_pod(request: exchange_pb2.RequestAdPodRequest) -> None:
@@ -325,6 +375,14 @@ def _validate_common(request) -> None:
         raise InvalidArgument("tmax_ms", "must not be negative")
     if request.at not in (0, 1, 2):
         raise InvalidArgument("at", "must be 1 (first price) or 2 (second price plus)")
+
+
+def _page_gone(index: int, deadline_ms: int, waited_ms: float) -> batch_pb2.ItemStatus:
+    """The status of an item whose page stopped waiting before the batch was
+    answered: its auction ran and is counted; what it found is not returned."""
+    return batch_pb2.ItemStatus(
+        code=code_pb2.DEADLINE_EXCEEDED, field=f"items[{index}].caller_deadline_ms",
+        message=f"the page waited {deadline_ms} ms; the batch was answered after {waited_ms:.0f} ms")
 
 
 def _format(imp: openrtb_pb2.Imp) -> str:

@@ -15,6 +15,7 @@ from services.runtime.metrics import LATENCY_BUCKETS_S, PRICE_BUCKETS_MICROS, Im
 NO_FILL_REASONS = ("no_bids", "below_floor", "timeout")
 NOTICE_KINDS = ("win", "loss")
 NOTICE_OUTCOMES = ("sent", "failed")
+BID_OUTCOMES = ("bid", "no_bid", "timeout", "error")
 
 
 class SspLedger:
@@ -31,7 +32,12 @@ class SspLedger:
             "Auctions won whose ad never reached the caller (deadline passed or caller gone).", registry=registry)
         self._bid_outcomes = labelled_counters(
             "adchain_ssp_bid_responses", "Bid requests sent to DSPs, by DSP and outcome.",
-            {"dsp": tuple(dsp_names), "outcome": ("bid", "no_bid", "timeout", "error")}, registry)
+            {"dsp": tuple(dsp_names), "outcome": BID_OUTCOMES}, registry)
+        # The tally's reason per (dsp, outcome), made once rather than per bid request.
+        self._bid_outcome_reasons = {key: f"{key[0]}:{key[1]}" for key in self._bid_outcomes}
+        self._bid_streams_opened = labelled_counters(
+            "adchain_ssp_bid_streams_opened", "BidStreams opened to each DSP (the first, then one per break).",
+            {"dsp": tuple(dsp_names)}, registry)
         self._notices = labelled_counters("adchain_ssp_notices", "Win and loss notices, by kind and outcome.",
                                           {"kind": NOTICE_KINDS, "outcome": NOTICE_OUTCOMES}, registry)
         self._clearing_price = Histogram("adchain_ssp_clearing_cpm_micros",
@@ -53,8 +59,11 @@ class SspLedger:
         self._ad_requests.inc()
 
     def record_bid_outcome(self, dsp: str, outcome: str) -> None:
-        self.tally.add("bid_responses", reason=f"{dsp}:{outcome}")
+        self.tally.add("bid_responses", reason=self._bid_outcome_reasons[(dsp, outcome)])
         self._bid_outcomes[(dsp, outcome)].inc()
+
+    def record_bid_stream_opened(self, dsp: str) -> None:
+        self._bid_streams_opened[dsp].inc()
 
     def record_no_fill(self, reason: str) -> None:
         self.tally.add("no_fill", reason=reason)
@@ -64,15 +73,21 @@ class SspLedger:
         self.tally.add("auctions_won", reason=seat, campaign=campaign_id)
         self._clearing_price.observe(clearing_price_micros)
 
-    def record_returned(self, impression_key: str, seat: str, campaign_id: str) -> None:
-        self.tally.add("returned", reason=seat, campaign=campaign_id)
-        self.journal.record(impression_key, "returned", campaign_id=campaign_id, seat=seat)
-        self._impressions.record("returned")
-
-    def record_not_returned(self, impression_key: str, seat: str, campaign_id: str) -> None:
-        self.tally.add("not_returned", reason=seat, campaign=campaign_id)
-        self.journal.record(impression_key, "not_returned", campaign_id=campaign_id, seat=seat)
-        self._not_returned.inc()
+    def record_deliveries(self, returned: Sequence[tuple[str, str, str]],
+                          not_returned: Sequence[tuple[str, str, str]]) -> None:
+        """The verdicts of one response's ads, each (impression key, seat,
+        campaign id): counted per seat and campaign, journaled per key."""
+        for outcome, ads in (("returned", returned), ("not_returned", not_returned)):
+            by_campaign: dict[tuple[str, str], int] = {}
+            for impression_key, seat, campaign_id in ads:
+                self.journal.record(impression_key, outcome, campaign_id=campaign_id, seat=seat)
+                by_campaign[(seat, campaign_id)] = by_campaign.get((seat, campaign_id), 0) + 1
+            for (seat, campaign_id), n in by_campaign.items():
+                self.tally.add(outcome, n, reason=seat, campaign=campaign_id)
+        if returned:
+            self._impressions.record("returned", len(returned))
+        if not_returned:
+            self._not_returned.inc(len(not_returned))
 
     def record_pod(self, slots: int, filled: int, ad_seconds: int, content_seconds: int) -> None:
         self.tally.add("pods")
@@ -85,6 +100,6 @@ class SspLedger:
         self._ad_seconds.inc(ad_seconds)
         self._content_seconds.inc(content_seconds)
 
-    def record_notice(self, kind: str, outcome: str) -> None:
-        self.tally.add(f"{kind}_notices", reason=outcome)
-        self._notices[(kind, outcome)].inc()
+    def record_notice(self, kind: str, outcome: str, n: int = 1) -> None:
+        self.tally.add(f"{kind}_notices", n, reason=outcome)
+        self._notices[(kind, outcome)].inc(n)

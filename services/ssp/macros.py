@@ -3,7 +3,8 @@ URLs and ad markup before they are delivered."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 
 from adchain.v1 import bidder_pb2
 
@@ -17,27 +18,35 @@ MACROS = (
 AUDIT = "AUDIT"
 
 
+def _optional_price(field: str) -> Callable[[bidder_pb2.AuctionMacros], str]:
+    return lambda m: _price(getattr(m, field)) if m.HasField(field) else ""
+
+
+# Macro name -> its text for one notice. Prices go out as CPMs in the currency
+# unit, as the bid's price was; a value that was not specified is removed
+# (the empty string, §4.4). adchain's exchange gives no discounts.
+_VALUES: dict[str, Callable[[bidder_pb2.AuctionMacros], str]] = {
+    "AUCTION_ID": lambda m: m.auction_id,
+    "AUCTION_BID_ID": lambda m: m.bid_id,
+    "AUCTION_IMP_ID": lambda m: m.imp_id,
+    "AUCTION_SEAT_ID": lambda m: m.seat_id,
+    "AUCTION_AD_ID": lambda m: m.ad_id,
+    "AUCTION_PRICE": _optional_price("price_micros"),
+    "AUCTION_CURRENCY": lambda m: m.currency,
+    "AUCTION_MBR": _optional_price("mbr_millionths"),
+    "AUCTION_LOSS": lambda m: str(m.loss),
+    "AUCTION_MIN_TO_WIN": _optional_price("min_to_win_micros"),
+    "AUCTION_MULTIPLIER": _optional_price("multiplier_millionths"),
+    "AUCTION_IMP_TS": lambda m: str(m.imp_ts_ms) if m.imp_ts_ms else "",
+    "AUCTION_DISCOUNT_PCT": lambda m: "",
+    "AUCTION_DISCOUNT_CPM": lambda m: "",
+}
+_MACRO = re.compile(r"\$\{(AUCTION_[A-Z_]+)\}")
+
+
 def values(macros: bidder_pb2.AuctionMacros) -> dict[str, str]:
-    """Macro name -> substituted text. Prices go out as CPMs in the currency
-    unit, as the bid's price was; a value that was not specified is removed
-    (the empty string, §4.4). adchain's exchange gives no discounts."""
-    return {
-        "AUCTION_ID": macros.auction_id,
-        "AUCTION_BID_ID": macros.bid_id,
-        "AUCTION_IMP_ID": macros.imp_id,
-        "AUCTION_SEAT_ID": macros.seat_id,
-        "AUCTION_AD_ID": macros.ad_id,
-        "AUCTION_PRICE": _price(macros.price_micros) if macros.HasField("price_micros") else "",
-        "AUCTION_CURRENCY": macros.currency,
-        "AUCTION_MBR": _price(macros.mbr_millionths) if macros.HasField("mbr_millionths") else "",
-        "AUCTION_LOSS": str(macros.loss),
-        "AUCTION_MIN_TO_WIN": _price(macros.min_to_win_micros) if macros.HasField("min_to_win_micros") else "",
-        "AUCTION_MULTIPLIER": (_price(macros.multiplier_millionths) if macros.HasField("multiplier_millionths")
-                               else ""),
-        "AUCTION_IMP_TS": str(macros.imp_ts_ms) if macros.imp_ts_ms else "",
-        "AUCTION_DISCOUNT_PCT": "",
-        "AUCTION_DISCOUNT_CPM": "",
-    }
+    """Macro name -> substituted text, for every §4.4 macro."""
+    return {name: value(macros) for name, value in _VALUES.items()}
 
 
 def audit_values(macros: bidder_pb2.AuctionMacros) -> dict[str, str]:
@@ -47,11 +56,25 @@ def audit_values(macros: bidder_pb2.AuctionMacros) -> dict[str, str]:
 
 
 def substitute(text: str, replacements: Mapping[str, str]) -> str:
+    """Every ${NAME} in `text` whose name is in `replacements`, replaced in
+    one pass (a substituted value is never read for macros again); other
+    text, unknown macros included, stays as it is."""
     if "${" not in text:
         return text
-    for name, value in replacements.items():
-        text = text.replace("${" + name + "}", value)
-    return text
+    return _MACRO.sub(lambda found: replacements.get(found.group(1), found.group(0)), text)
+
+
+def expand(text: str, macros: bidder_pb2.AuctionMacros) -> str:
+    """`substitute(text, values(macros))`, working out only the macros that
+    `text` names: a notice URL or an ad's markup names a few of them."""
+    if "${" not in text:
+        return text
+
+    def value(found: re.Match) -> str:
+        resolve = _VALUES.get(found.group(1))
+        return found.group(0) if resolve is None else resolve(macros)
+
+    return _MACRO.sub(value, text)
 
 
 def _price(micros: int) -> str:

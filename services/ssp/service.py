@@ -4,6 +4,7 @@ each as returned only once the return to the caller succeeded."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -14,8 +15,10 @@ from services.runtime.peers import BidderPeers
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
 from services.ssp import auction
+from services.ssp.bidstream import BidStreams
 from services.ssp.exchange import Exchange, Placed
 from services.ssp.ledger import SspLedger
+from services.ssp.notices import NoticeBatches
 from services.ssp.settings import SspConfig
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,11 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
         self._count_on_return(context, placed)
         return response
 
+    def RequestAds(self, request, context: grpc.ServicerContext) -> exchange_pb2.RequestAdsResponse:
+        response, placed, gave_up = self._exchange.request_ads(request.items, received_at=time.monotonic())
+        self._count_on_return(context, placed, gave_up)
+        return response
+
     def RequestAdPod(self, request, context: grpc.ServicerContext) -> exchange_pb2.RequestAdPodResponse:
         response, placed = self._exchange.request_ad_pod(request)
         self._count_on_return(context, placed)
@@ -43,20 +51,16 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
         for page in self._ledger.journal.pages():
             yield exchange_pb2.ExchangeServiceListImpressionsResponse(page=page)
 
-    def _count_on_return(self, context: grpc.ServicerContext, placed: Sequence[Placed]) -> None:
-        """The SSP counts on ad return: only ads the caller received."""
-        if not placed:
+    def _count_on_return(self, context: grpc.ServicerContext, placed: Sequence[Placed],
+                         gave_up: Sequence[Placed] = ()) -> None:
+        """The SSP counts on ad return: only ads the caller received. Ads of a
+        batch whose pages stopped waiting (`gave_up`) are never returned."""
+        if not placed and not gave_up:
             return
-
-        def returned() -> None:
-            for p in placed:
-                self._ledger.record_returned(p.ad.impression_key, p.winner.seat, p.winner.bid.cid)
-
-        def lost() -> None:
-            for p in placed:
-                self._ledger.record_not_returned(p.ad.impression_key, p.winner.seat, p.winner.bid.cid)
-
-        on_delivered(context, delivered=returned, lost=lost)
+        returned = [(p.ad.impression_key, p.winner.seat, p.winner.bid.cid) for p in placed]
+        not_returned = [(p.ad.impression_key, p.winner.seat, p.winner.bid.cid) for p in gave_up]
+        on_delivered(context, delivered=lambda: self._ledger.record_deliveries(returned, not_returned),
+                     lost=lambda: self._ledger.record_deliveries([], returned + not_returned))
 
 
 class SspApp:
@@ -65,19 +69,23 @@ class SspApp:
         self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock)
         self._dsps = BidderPeers(config.dsps)
         stubs = self._dsps.stubs
-        self.exchange = exchange = Exchange(config.exchange, stubs, TokenCodec(config.tokens), self.ledger,
-                                            context.clock)
+        self._bids = BidStreams(stubs, opened=self.ledger.record_bid_stream_opened)
+        self._notices = NoticeBatches(stubs, config.exchange, self.ledger.record_notice)
+        self.exchange = exchange = Exchange(config.exchange, self._bids, self._notices, TokenCodec(config.tokens),
+                                            self.ledger, context.clock)
         self.servicers = [Servicer(
             exchange_pb2_grpc.add_ExchangeServiceServicer_to_server, ExchangeServicer(exchange, self.ledger),
-            "adchain.v1.ExchangeService", ("RequestAd", "RequestAdPod", "GetCounts", "ListImpressions"),
+            "adchain.v1.ExchangeService", ("RequestAd", "RequestAds", "RequestAdPod", "GetCounts", "ListImpressions"),
         )]
 
     def start(self) -> None:
-        pass
+        self._notices.start()
 
     def close(self, timeout_s: float) -> None:
-        # Win and loss notices already sent get their answers before the channels close.
-        left = self.exchange.drain(timeout_s)
+        # Win and loss notices still batching go out now, and get their
+        # answers, before the channels close.
+        left = self._notices.drain(timeout_s)
         if left:
             log.warning("%d win/loss notices still in flight at shutdown", left)
+        self._bids.close()
         self._dsps.close()

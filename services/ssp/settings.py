@@ -20,8 +20,13 @@ class ExchangeSettings:
     # How long a returned ad may wait for its render before it is late
     # (OpenRTB 2.6 Imp.exp); the token expires then.
     token_ttl_s: int = 300
-    # Time allowed to deliver a win or loss notice.
+    # Time allowed to deliver a batch of win or loss notices.
     notice_timeout_ms: int = 1000
+    # Win and loss notices go to each DSP in batches (NotifyWins, NotifyLosses):
+    # a batch leaves at this many notices...
+    notice_batch_max_items: int = 256
+    # ...or this long after its oldest notice joined it, whichever comes first.
+    notice_batch_max_delay_ms: int = 20
 
     def validate(self, where: str) -> list[str]:
         problems = []
@@ -33,6 +38,10 @@ class ExchangeSettings:
             problems.append(f"{where}.increment_micros: must not be negative")
         if self.token_ttl_s <= 0:
             problems.append(f"{where}.token_ttl_s: must be positive")
+        if self.notice_batch_max_items < 1:
+            problems.append(f"{where}.notice_batch_max_items: must be at least 1")
+        if self.notice_batch_max_delay_ms < 0:
+            problems.append(f"{where}.notice_batch_max_delay_ms: must not be negative")
         return problems
 
 

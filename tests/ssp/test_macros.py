@@ -57,3 +57,20 @@ def test_the_winning_ads_markup_carries_the_auction_values():
         assert query["q"] == ""  # no quantity multiplier on the Imp: removed, per §4.4
     finally:
         stop_chain(chain)
+
+
+def test_substitution_is_one_pass_a_value_is_never_read_for_macros():
+    # A DSP-chosen id that looks like a macro stays as it came (§4.4 values are data).
+    notice = bidder_pb2.AuctionMacros(auction_id="A", bid_id="${AUCTION_PRICE}", price_micros=1_000_000)
+    assert substitute("b=${AUCTION_BID_ID}&p=${AUCTION_PRICE}", values(notice)) == "b=${AUCTION_PRICE}&p=1"
+
+
+def test_expand_equals_substituting_every_value():
+    from services.ssp.macros import MACROS, expand
+
+    notice = bidder_pb2.AuctionMacros(auction_id="A", bid_id="B", imp_id="1", price_micros=910_000,
+                                      mbr_millionths=500_000, loss=102, multiplier_millionths=2_000_000)
+    text = "&".join(f"{name}=${{{name}}}" for name in MACROS) + "&other=${NOT_A_MACRO}"
+    assert set(values(notice)) == set(MACROS)
+    assert expand(text, notice) == substitute(text, values(notice))
+    assert expand("no macros", notice) == "no macros"
