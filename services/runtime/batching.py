@@ -48,10 +48,12 @@ class PeerBatcher(Generic[Item]):
     def add_many(self, peer: str, items) -> None:
         with self._cond:
             batch = self._pending.get(peer)
-            if batch is None:
+            new = batch is None
+            if new:
                 batch = self._pending[peer] = (self._clock(), [])
             batch[1].extend(items)
-            if len(batch[1]) >= self._max_items or len(self._pending) == 1:
+            # Wake the flusher only when it has a new deadline to keep or a full batch.
+            if new or len(batch[1]) >= self._max_items:
                 self._cond.notify_all()
 
     def pending(self) -> int:

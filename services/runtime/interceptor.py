@@ -19,12 +19,20 @@ log = logging.getLogger(__name__)
 class ServingInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: RpcMetrics):
         self._metrics = metrics
+        # grpcio asks the interceptor for every call: wrap each method's handler once.
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        wrapped = self._wrapped.get(handler_call_details.method)
+        if wrapped is None:
+            handler = continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[handler_call_details.method] = self._wrap(handler_call_details.method, handler)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = full_method.rsplit("/", 1)[-1]
         metrics = self._metrics
         if handler.unary_unary is not None:
             behaviour, wrap, kind = handler.unary_unary, _unary_response, grpc.unary_unary_rpc_method_handler
@@ -40,14 +48,15 @@ class ServingInterceptor(grpc.ServerInterceptor):
 
 
 def _unary_response(method: str, behaviour, metrics: RpcMetrics):
+    batch = metrics.is_batch(method)
+
     def serve(request, context: grpc.ServicerContext):
         started = time.perf_counter()
         code = "OK"
         try:
             response = behaviour(request, context)
-            results = getattr(response, "results", None)
-            if results is not None:  # a batch RPC: count its items by their own status
-                metrics.observe_items(method, results)
+            if batch:  # count the batch's items by their own status
+                metrics.observe_items(method, response.results)
             return response
         except RequestError as error:
             code = error.code.name
@@ -64,12 +73,14 @@ def _unary_response(method: str, behaviour, metrics: RpcMetrics):
 
 
 def _streamed_response(method: str, behaviour, metrics: RpcMetrics):
+    batch = metrics.is_batch(method)
+
     def serve(request, context: grpc.ServicerContext):
         started = time.perf_counter()
         code = "OK"
         try:
             for response in behaviour(request, context):
-                if hasattr(response, "status") and hasattr(response, "request_id"):
+                if batch:
                     metrics.observe_items(method, (response,))  # a stream item with its own status
                 yield response
         except GeneratorExit:  # the caller went away mid-stream

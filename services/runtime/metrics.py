@@ -28,8 +28,8 @@ STAGES = ("won", "returned", "rendered", "measurable", "viewable")
 COMMON_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL")
 
 # Codes a batch item's own status takes (google.rpc.Code names).
-ITEM_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL")
-_ITEM_CODE_NAMES = {0: "OK", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND", 13: "INTERNAL"}
+ITEM_CODES = ("OK", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "INTERNAL")
+_ITEM_CODE_NAMES = {0: "OK", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 13: "INTERNAL"}
 
 # Latency buckets for RPCs that sit on an ad request's critical path:
 # sub-millisecond to the seconds an abandoned caller gives up at.
@@ -92,6 +92,11 @@ class RpcMetrics:
         )
         self._item_counts = {(m, c): self._items.labels(role=role, method=m, code=c)
                              for m in batch_methods for c in ITEM_CODES}
+        self._batch_methods = frozenset(batch_methods)
+
+    def is_batch(self, method: str) -> bool:
+        """Whether `method` answers per item (its results carry their own status)."""
+        return method in self._batch_methods
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         child = self._counts.get((method, code))

@@ -116,6 +116,11 @@ def _assert_rejected(call, code: grpc.StatusCode, field: str) -> None:
     assert field in field_violations(raised.value)
 
 
+def _notices_settled(chain) -> bool:
+    ssp = read_snapshots({"ssp": chain.addresses()["ssp"]})["ssp"]
+    return total(ssp, "win_notices") == 1 and total(ssp, "loss_notices") == 1
+
+
 def _all_counts(chain) -> dict[str, list]:
     return {name: [(c.name, c.reason, c.campaign, c.value) for c in snap.counts
                    if c.name not in ("rejected_tokens",)]
@@ -158,6 +163,8 @@ def test_forged_unknown_and_missing_tokens_are_rejected_and_change_no_count(chai
     other = TokenCodec(TokenSettings(signing_key_id="k1", keys=("k1:" + "cd" * 32,)))
     forged = other.sign(forged_payload)  # right key id, wrong secret
     unknown = ".".join((version, "k9", payload, signature))
+    # Win and loss notices travel in batches: let the auction's land before the snapshot.
+    assert wait_for(lambda: _notices_settled(chain))
     before = _all_counts(chain)
     for bad in (forged, unknown, "not-a-token", ""):
         _assert_rejected(lambda: chain.adserver.RecordImpression(ad_server_pb2.RecordImpressionRequest(token=bad),
