@@ -15,7 +15,7 @@ else
 PYTEST_SELECT := -m "not slow"
 endif
 
-.PHONY: demo test test-all bench lint gen clean
+.PHONY: demo test test-all bench bench-chain lint gen clean
 
 demo: $(INSTALLED) $(GENERATED)
 	$(PY) -m services demo
@@ -28,6 +28,10 @@ test-all: $(INSTALLED) $(GENERATED)
 
 bench: $(INSTALLED) $(GENERATED)
 	$(PY) -m pricing_core.bench
+
+# The chain as a system: every role's RPCs, batches, end to end (ARGS=--json for one object).
+bench-chain: $(INSTALLED) $(GENERATED)
+	$(PY) -m loadtest.bench_chain $(ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/buf lint

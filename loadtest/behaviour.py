@@ -12,13 +12,10 @@ goes into the ground truth.
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import asyncio
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -36,40 +33,43 @@ OUTCOME_NAMES = {v: k.removeprefix("EVENT_OUTCOME_") for k, v in ad_server_pb2.E
 
 
 class Clients:
-    """The RPC stubs every client shares, and the actions they take."""
+    """The RPC stubs every client shares (grpc.aio, one event loop), and the
+    actions they take. Open them inside the loop that uses them (`open`)."""
 
     def __init__(self, addresses: Mapping[str, Mapping[str, str]], truth: Truth, seed: int,
                  sample_interval_ms: tuple[int, int] = (100, 200), auction_type: int = 0, tmax_ms: int = 0):
-        self._channels = [grpc.insecure_channel(addresses[n]["grpc"]) for n in ("ssp", "adserver", "verifier")]
-        self.exchange = exchange_pb2_grpc.ExchangeServiceStub(self._channels[0])
-        self.ad_server = ad_server_pb2_grpc.AdServerServiceStub(self._channels[1])
-        self.verifier = verifier_pb2_grpc.VerifierServiceStub(self._channels[2])
+        self._addresses = addresses
         self.truth = truth
         self._seed = seed
         self._interval = sample_interval_ms
         self._auction_type = auction_type
         self._tmax_ms = tmax_ms
         self.latencies_ms: list[float] = []
-        self._lock = threading.Lock()
+        self._channels: list[grpc.aio.Channel] = []
 
-    def close(self) -> None:
+    def open(self) -> None:
+        self._channels = [grpc.aio.insecure_channel(self._addresses[n]["grpc"])
+                          for n in ("ssp", "adserver", "verifier")]
+        self.exchange = exchange_pb2_grpc.ExchangeServiceStub(self._channels[0])
+        self.ad_server = ad_server_pb2_grpc.AdServerServiceStub(self._channels[1])
+        self.verifier = verifier_pb2_grpc.VerifierServiceStub(self._channels[2])
+
+    async def close(self) -> None:
         for channel in self._channels:
-            channel.close()
+            await channel.close()
 
-    def request(self, op: Opportunity) -> tuple[Record, exchange_pb2.Ad | None]:
+    async def request(self, op: Opportunity) -> tuple[Record, exchange_pb2.Ad | None]:
         """The ad call, under the page's own deadline."""
         record = Record(key=op.request_id, user_kind=op.user.kind, pod_break=op.pod.break_name if op.pod else "")
         started = time.perf_counter()
         try:
-            response = self.exchange.RequestAd(ad_request(op, self._auction_type, self._tmax_ms),
-                                               timeout=op.deadline_ms / 1000.0)
+            response = await self.exchange.RequestAd(ad_request(op, self._auction_type, self._tmax_ms),
+                                                     timeout=op.deadline_ms / 1000.0)
         except grpc.RpcError as error:
             code = error.code()
             record.request = "deadline_expired" if code == grpc.StatusCode.DEADLINE_EXCEEDED else f"error_{code.name}"
             response = None
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
-        with self._lock:
-            self.latencies_ms.append(elapsed_ms)
+        self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         if response is None:
             return record, None
         if not response.HasField("ad"):
@@ -80,24 +80,19 @@ class Clients:
         record.key = response.ad.impression_key
         return record, response.ad
 
-    def render(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> bool:
+    async def render(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> bool:
         """The begin-to-render beacon (and its retry); True when the tag runs next."""
         beacon = ad_server_pb2.RecordImpressionRequest(token=ad.token, user_agent=op.user.user_agent, ip=op.user.ip)
         try:
-            answer = self.ad_server.RecordImpression(beacon, timeout=RPC_TIMEOUT_S).outcome
+            answer = (await self.ad_server.RecordImpression(beacon, timeout=RPC_TIMEOUT_S)).outcome
             record.render_answer = OUTCOME_NAMES.get(answer, str(answer))
         except grpc.RpcError as error:
             record.render_answer = f"error_{error.code().name}"
-        if op.user.kind != "human":
-            record.render = BOT_CAUSE[op.user.kind]
-        elif op.late:
-            record.render = "late_pixel"
-        else:
-            record.render = "rendered" if not record.render_answer.startswith("error") else "render_failed"
+        record.render = render_cause(op, record.render_answer)
         if op.retry:
             # The client did not see the acknowledgement and fires again.
             try:
-                self.ad_server.RecordImpression(beacon, timeout=RPC_TIMEOUT_S)
+                await self.ad_server.RecordImpression(beacon, timeout=RPC_TIMEOUT_S)
                 record.duplicates_sent += 1
             except grpc.RpcError:
                 pass
@@ -105,25 +100,42 @@ class Clients:
         # reporting late has lost its session, and its tag with it.
         return record.render == "rendered"
 
-    def report_exposure(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
+    async def report_exposure(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
         rng = random.Random(self._seed * 1_000_003 + op.index)
         request = exposure(op, ad, rng, self._interval)
         try:
-            self.verifier.RecordExposure(request, timeout=RPC_TIMEOUT_S)
+            await self.verifier.RecordExposure(request, timeout=RPC_TIMEOUT_S)
             record.tag = op.exposure if op.measurable else "unmeasurable"
         except grpc.RpcError:
             record.tag = ""
 
-    def click(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
-        try:
-            self.ad_server.RecordClick(ad_server_pb2.RecordClickRequest(
-                token=ad.token, user_agent=op.user.user_agent, ip=op.user.ip), timeout=RPC_TIMEOUT_S)
-            record.clicked = True
-            # A conversion happens on the advertiser's site; the chain has no
-            # RPC for it, so only the ground truth knows.
-            record.converted = op.conversion
-        except grpc.RpcError:
-            pass
+    async def click(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
+        await click(self.ad_server, op, record, ad)
+
+
+async def click(ad_server: ad_server_pb2_grpc.AdServerServiceStub, op: Opportunity, record: Record,
+                ad: exchange_pb2.Ad) -> None:
+    """The user clicks the ad: one click call (clicks are rare in either mode)."""
+    try:
+        await ad_server.RecordClick(ad_server_pb2.RecordClickRequest(
+            token=ad.token, user_agent=op.user.user_agent, ip=op.user.ip), timeout=RPC_TIMEOUT_S)
+        record.clicked = True
+        # A conversion happens on the advertiser's site; the chain has no
+        # RPC for it, so only the ground truth knows.
+        record.converted = op.conversion
+    except grpc.RpcError:
+        pass
+
+
+def render_cause(op: Opportunity, render_answer: str) -> str:
+    """What the client's render was, as the ground truth knows it: a bot's
+    invalid-traffic cause, a late pixel, or rendered when a valid client's
+    beacon was accepted (whatever the ad server then decided)."""
+    if op.user.kind != "human":
+        return BOT_CAUSE[op.user.kind]
+    if op.late:
+        return "late_pixel"
+    return "rendered" if not render_answer.startswith("error") else "render_failed"
 
 
 def ad_request(op: Opportunity, auction_type: int = 0, tmax_ms: int = 0) -> exchange_pb2.RequestAdRequest:
@@ -180,30 +192,35 @@ def exposure(op: Opportunity, ad: exchange_pb2.Ad, rng: random.Random,
 
 
 class Driver:
-    """Runs opportunities through `concurrency` client threads: ad requests
-    start at the scenario's rate (or as fast as the threads allow, with a
-    bounded number open), renders wait their delay on a timer, not a thread."""
+    """Runs opportunities as coroutines on one event loop: ad requests start
+    at the scenario's rate (or as fast as the chain answers, with at most
+    `max_open` opportunities open); each client then waits its own render
+    delay, fires its beacon, lets its tag report and clicks."""
 
     def __init__(self, clients: Clients, concurrency: int, rate_per_s: float = 0.0,
                  max_open: int | None = None, clock: Callable[[], float] = time.monotonic):
         self._clients = clients
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="client")
         self._rate = rate_per_s
-        self._open = threading.BoundedSemaphore(max_open or concurrency * 16)
+        self._max_open = max_open or concurrency * 16
         self._clock = clock
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._timer_thread = threading.Thread(target=self._run_timers, name="client-timers", daemon=True)
         self.started = 0
         self.finished = 0
         self.requests_done = 0
 
+    @property
+    def latencies_ms(self) -> list[float]:
+        """Every ad request's latency as its client saw it."""
+        return self._clients.latencies_ms
+
     def run(self, plan: list[Opportunity], deadline: float, drain_s: float = 30.0) -> bool:
         """Start each opportunity until the plan or the time runs out; wait for
         the open ones to finish. Returns False when the time limit cut it short."""
-        self._timer_thread.start()
+        return asyncio.run(self._run(plan, deadline, drain_s))
+
+    async def _run(self, plan: list[Opportunity], deadline: float, drain_s: float) -> bool:
+        self._clients.open()
+        open_slots = asyncio.Semaphore(self._max_open)
+        tasks: set[asyncio.Task] = set()
         began = self._clock()
         complete = True
         try:
@@ -211,84 +228,59 @@ class Driver:
                 if self._rate:
                     wait = began + i / self._rate - self._clock()
                     if wait > 0:
-                        time.sleep(wait)
-                while not self._open.acquire(timeout=0.2):
-                    if self._clock() > deadline:
+                        await asyncio.sleep(wait)
+                while True:
+                    try:
+                        await asyncio.wait_for(open_slots.acquire(), timeout=0.2)
                         break
+                    except asyncio.TimeoutError:
+                        if self._clock() > deadline:
+                            break
                 if self._clock() > deadline:
                     complete = False
                     break
                 self.started += 1
-                self._pool.submit(self._guard, op, self._opportunity, op)
-            end = max(deadline, self._clock()) + drain_s
-            while self.finished < self.started and self._clock() < end:
-                time.sleep(0.05)
+                task = asyncio.create_task(self._guard(op, open_slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                end = max(deadline, self._clock()) + drain_s
+                _done, pending = await asyncio.wait(list(tasks), timeout=max(0.0, end - self._clock()))
+                for task in pending:
+                    task.cancel()
             complete = complete and self.finished == self.started
         finally:
-            with self._cond:
-                self._stopping = True
-                self._cond.notify_all()
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            await self._clients.close()
         return complete
 
-    def _opportunity(self, op: Opportunity) -> None:
+    async def _guard(self, op: Opportunity, open_slots: asyncio.Semaphore) -> None:
+        try:
+            record = await self._opportunity(op)
+        except Exception:  # an unexpected failure still closes the opportunity
+            record = Record(key=op.request_id, user_kind=op.user.kind, request="error_client")
+            raise
+        finally:
+            open_slots.release()
+            self._clients.truth.add(record)
+            self.finished += 1
+
+    async def _opportunity(self, op: Opportunity) -> Record:
         clients = self._clients
-        record, ad = clients.request(op)
-        with self._cond:
-            self.requests_done += 1
+        record, ad = await clients.request(op)
+        self.requests_done += 1
         if ad is None or op.fate != "render":
             if ad is not None:
                 record.render = op.fate
-            self._done(record)
-            return
+            return record
         if op.user.kind != "human":
             delay_ms = random.Random(op.index).uniform(*BOT_RENDER_DELAY_MS[op.user.kind])
         elif op.late:
             delay_ms = max(0.0, ad.expires_at_ms - time.time() * 1000.0) + op.render_delay_ms
         else:
             delay_ms = op.render_delay_ms
-        self._later(delay_ms, lambda: self._guard(op, self._render, op, record, ad))
-
-    def _render(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
-        if self._clients.render(op, record, ad):
-            self._clients.report_exposure(op, record, ad)
+        await asyncio.sleep(delay_ms / 1000.0)
+        if await clients.render(op, record, ad):
+            await clients.report_exposure(op, record, ad)
             if op.click:
-                self._clients.click(op, record, ad)
-        self._done(record)
-
-    def _done(self, record: Record) -> None:
-        self._clients.truth.add(record)
-        with self._cond:
-            self.finished += 1
-        self._open.release()
-
-    def _guard(self, op: Opportunity, action, *args) -> None:
-        try:
-            action(*args)
-        except Exception:  # an unexpected failure still closes the opportunity
-            self._clients.truth.add(Record(key=op.request_id, user_kind=op.user.kind, request="error_client"))
-            with self._cond:
-                self.finished += 1
-            self._open.release()
-            raise
-
-    def _later(self, delay_ms: float, action: Callable[[], None]) -> None:
-        with self._cond:
-            heapq.heappush(self._timers, (self._clock() + delay_ms / 1000.0, next(self._seq), action))
-            self._cond.notify_all()
-
-    def _run_timers(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if self._stopping:
-                        return
-                    now = self._clock()
-                    if self._timers and self._timers[0][0] <= now:
-                        _due, _seq, action = heapq.heappop(self._timers)
-                        break
-                    self._cond.wait(timeout=(self._timers[0][0] - now) if self._timers else 0.2)
-            try:
-                self._pool.submit(action)
-            except RuntimeError:  # the pool is shutting down
-                return
+                await clients.click(op, record, ad)
+        return record

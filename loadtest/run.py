@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from loadtest import report as reports
 from loadtest import world
 from loadtest.behaviour import Clients, Driver
+from loadtest.bulk import BulkDriver
 from loadtest.scenario import CHAIN_INSTANCES, Scenario
 from loadtest.truth import Truth
 from services import reconcile
@@ -80,7 +81,7 @@ def _value(value: Any) -> str:
 class Progress:
     """A progress bar on stderr: opportunities done, rate, ETA."""
 
-    def __init__(self, driver: Driver, total: int, out: TextIO = sys.stderr, interval_s: float = 0.25):
+    def __init__(self, driver: Driver | BulkDriver, total: int, out: TextIO = sys.stderr, interval_s: float = 0.25):
         self._driver, self._total, self._out, self._interval = driver, total, out, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
@@ -117,8 +118,10 @@ class Progress:
 
 def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Mapping | None = None,
         max_duration_s: float | None = None, max_opportunities: int | None = None, run_dir: Path | None = None,
-        progress: TextIO | None = sys.stderr) -> dict:
-    """Run the scenario; returns the report (a JSON-ready dict)."""
+        progress: TextIO | None = sys.stderr, bulk: bool = False) -> dict:
+    """Run the scenario; returns the report (a JSON-ready dict). `bulk`
+    plays it through the batch RPCs (loadtest.bulk) instead of one client
+    per opportunity."""
     notes: list[str] = []
     chain = None
     if addresses is None:
@@ -134,25 +137,29 @@ def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Map
     try:
         plan = world.plan(scenario, scale, seed, max_opportunities)
         truth = Truth()
-        clients = Clients(addresses, truth, seed, scenario.behaviour.exposure.sample_interval_ms,
-                          scenario.traffic.auction_type, scenario.traffic.tmax_ms)
+        interval_ms = scenario.behaviour.exposure.sample_interval_ms
+        traffic = scenario.traffic
         before = reconcile.chain_counts(reconcile.read_snapshots(addresses))
         limit_s = min(scenario.limits.max_duration_s, max_duration_s or float("inf"))
-        driver = Driver(clients, scenario.traffic.concurrency, scenario.traffic.rate_per_s)
+        if bulk:
+            driver = BulkDriver(addresses, truth, seed, interval_ms, traffic.auction_type, traffic.tmax_ms)
+        else:
+            clients = Clients(addresses, truth, seed, interval_ms, traffic.auction_type, traffic.tmax_ms)
+            driver = Driver(clients, traffic.concurrency, traffic.rate_per_s)
         began = time.monotonic()
-        try:
-            if progress is not None:
-                with Progress(driver, len(plan), progress):
-                    complete = driver.run(plan, deadline=began + limit_s)
-            else:
+        if progress is not None:
+            with Progress(driver, len(plan), progress):
                 complete = driver.run(plan, deadline=began + limit_s)
-        finally:
-            clients.close()
+        else:
+            complete = driver.run(plan, deadline=began + limit_s)
         wall_s = time.monotonic() - began
         if not complete:
             notes.append(f"stopped by the time limit after {driver.started:,} of {len(plan):,} opportunities")
         after = _settled_counts(addresses)
-        return reports.build(scenario, scale, seed, before, after, truth, clients.latencies_ms, wall_s, complete, notes)
+        result = reports.build(scenario, scale, seed, before, after, truth, driver.latencies_ms, wall_s, complete,
+                               notes)
+        result["throughput"]["mode"] = "bulk" if bulk else "per_event"
+        return result
     finally:
         if chain is not None:
             chain.stop()

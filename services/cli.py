@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     loadtest.add_argument("--seed", type=int, default=1)
     loadtest.add_argument("--duration", type=float, help="stop starting opportunities after this many seconds")
     loadtest.add_argument("--max-opportunities", type=int, help="at most this many opportunities")
+    loadtest.add_argument("--bulk", action="store_true",
+                          help="play the same world through the batch RPCs (RequestAds, RecordImpressions, "
+                               "RecordExposures), as an edge collector forwards many pages' calls")
     loadtest.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     loadtest.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
     loadtest.add_argument("--run-dir", type=Path, help="where the local chain's configs and logs go")
@@ -136,7 +139,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         log.error("--scale must be positive")
         return 2
     result = run(world, scale=args.scale, seed=args.seed, addresses=addresses, max_duration_s=args.duration,
-                 max_opportunities=args.max_opportunities, run_dir=args.run_dir)
+                 max_opportunities=args.max_opportunities, run_dir=args.run_dir, bulk=args.bulk)
     print(report.to_json(result) if args.json else report.table(result), flush=True)
     if args.html:
         args.html.write_text(report.to_html(result))

@@ -80,6 +80,27 @@ def test_seed_example_at_scale_0_01_reproduces_the_worked_example(seed, tmp_path
                              "--run-dir", str(tmp_path), timeout_s=560)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
+    counts = _assert_reproduces_the_worked_example(report)
+    print(f"seed {seed}: {took:.0f}s, counts {counts}, vCPM {report['billing']['effective_vcpm_usd']}")
+
+
+@pytest.mark.timeout(600)
+def test_bulk_seed_example_reproduces_the_worked_example_through_the_batch_rpcs(tmp_path):
+    """The reduced version of `--scale 1 --bulk` (the full-scale run is a
+    benchmark): the same world through RequestAds, RecordImpressions and
+    RecordExposures, every verdict the services' own."""
+    result, took = _loadtest("seed-example", "--scale", "0.02", "--seed", "3", "--bulk", "--json",
+                             "--run-dir", str(tmp_path), timeout_s=560)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["throughput"]["mode"] == "bulk"
+    assert report["truth_agrees"]
+    counts = _assert_reproduces_the_worked_example(report)
+    print(f"bulk: {took:.0f}s, {report['throughput']}, counts {counts}")
+
+
+def _assert_reproduces_the_worked_example(report: dict) -> dict[str, int]:
+    """Each stage-to-stage ratio of the seed within 0.5 points, $6 CPM, effective vCPM $9.28 ± $0.10."""
     counts = {row["stage"]: row["count"] for row in report["stages"]}
     seed_counts = {"won": 5.2, "returned": 5.05, "rendered": 4.92, "measurable": 4.61, "viewable": 3.18}
     stages = list(seed_counts)
@@ -88,4 +109,4 @@ def test_seed_example_at_scale_0_01_reproduces_the_worked_example(seed, tmp_path
         assert abs(got - want) <= 0.005, (top, bottom, got, want)
     assert abs(report["billing"]["effective_vcpm_usd"] - 9.28) <= 0.10
     assert report["billing"]["cpm_usd"] == pytest.approx(6.0)
-    print(f"seed {seed}: {took:.0f}s, counts {counts}, vCPM {report['billing']['effective_vcpm_usd']}")
+    return counts

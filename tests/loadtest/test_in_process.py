@@ -29,3 +29,16 @@ def test_against_a_running_chain_the_services_agree_with_the_ground_truth(chain)
     json.loads(report.to_json(result))
     html = report.to_html(result)
     assert "<svg" in html and "http" not in html.split("<body>", 1)[1].replace("https://", "")
+
+
+def test_bulk_mode_plays_the_same_world_through_the_batch_rpcs_and_agrees_with_the_truth(chain):
+    world = scenario.load("seed-example")
+    placements = (dataclasses.replace(world.traffic.placements[0], sizes=((300, 250),), share=1.0),)
+    world = dataclasses.replace(world, traffic=dataclasses.replace(world.traffic, placements=placements))
+    result = run(world, scale=0.001, seed=3, addresses=chain.addresses(), max_opportunities=600, progress=None,
+                 bulk=True)
+    assert result["throughput"]["mode"] == "bulk"
+    stages = {row["stage"]: row for row in result["stages"]}
+    assert stages["won"]["count"] > 0 and stages["viewable"]["count"] > 0
+    assert result["client"]["duplicate_beacons"] > 0
+    assert result["truth_agrees"], report.table(result)
