@@ -193,14 +193,18 @@ def exposure(op: Opportunity, ad: exchange_pb2.Ad, rng: random.Random,
 
 class Driver:
     """Runs opportunities as coroutines on one event loop: ad requests start
-    at the scenario's rate (or as fast as the chain answers, with at most
-    `max_open` opportunities open); each client then waits its own render
-    delay, fires its beacon, lets its tag report and clicks."""
+    at the scenario's rate (or as fast as the chain answers), at most
+    `concurrency` of them in flight and `max_open` opportunities open; each
+    client then waits its own render delay, fires its beacon, lets its tag
+    report and clicks. Bounding the requests in flight keeps the chain
+    within what it can answer: an overloaded exchange would queue pages
+    past their deadlines, a mechanism the scenario did not ask for."""
 
     def __init__(self, clients: Clients, concurrency: int, rate_per_s: float = 0.0,
                  max_open: int | None = None, clock: Callable[[], float] = time.monotonic):
         self._clients = clients
         self._rate = rate_per_s
+        self._concurrency = concurrency
         self._max_open = max_open or concurrency * 16
         self._clock = clock
         self.started = 0
@@ -219,6 +223,7 @@ class Driver:
 
     async def _run(self, plan: list[Opportunity], deadline: float, drain_s: float) -> bool:
         self._clients.open()
+        self._in_flight = asyncio.Semaphore(self._concurrency)
         open_slots = asyncio.Semaphore(self._max_open)
         tasks: set[asyncio.Task] = set()
         began = self._clock()
@@ -266,7 +271,8 @@ class Driver:
 
     async def _opportunity(self, op: Opportunity) -> Record:
         clients = self._clients
-        record, ad = await clients.request(op)
+        async with self._in_flight:
+            record, ad = await clients.request(op)
         self.requests_done += 1
         if ad is None or op.fate != "render":
             if ad is not None:
