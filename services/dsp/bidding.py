@@ -11,6 +11,7 @@ OpenRTB float floor is converted once, here at the edge.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -128,8 +129,9 @@ def _placement(i: int, imp: openrtb_pb2.Imp) -> Placement:
     if not imp.id:
         raise InvalidArgument(f"imp[{i}].id", "is required (OpenRTB 2.6 §3.2.4)")
     bidfloor = imp.bidfloor
-    if bidfloor < 0:
-        raise InvalidArgument(f"imp[{i}].bidfloor", f"must not be negative, got {bidfloor}")
+    # NaN compares false with everything, so it is refused by name, as infinity is.
+    if not 0 <= bidfloor < math.inf:
+        raise InvalidArgument(f"imp[{i}].bidfloor", f"must be a finite, non-negative CPM, got {bidfloor}")
     if imp.HasField("bidfloorcur") and imp.bidfloorcur not in ("USD", ""):
         raise InvalidArgument(f"imp[{i}].bidfloorcur", f"only USD is supported, got {imp.bidfloorcur!r}")
     for fmt in FORMATS:  # the first offered, in FORMATS order

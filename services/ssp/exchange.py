@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -362,8 +363,9 @@ def _validate_imp(imp: openrtb_pb2.Imp, where: str) -> None:
     offered = [f for f in FORMATS if imp.HasField(f)]
     if len(offered) != 1:
         raise InvalidArgument(where, "must offer exactly one of banner, video, audio, native")
-    if imp.bidfloor < 0:
-        raise InvalidArgument(f"{where}.bidfloor", f"must not be negative, got {imp.bidfloor}")
+    # NaN compares false with everything, so it is refused by name, as infinity is.
+    if not 0 <= imp.bidfloor < math.inf:
+        raise InvalidArgument(f"{where}.bidfloor", f"must be a finite, non-negative CPM, got {imp.bidfloor}")
     if imp.bidfloorcur not in ("", "USD"):
         raise InvalidArgument(f"{where}.bidfloorcur", "only USD is supported")
 

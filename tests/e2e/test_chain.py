@@ -131,6 +131,8 @@ def _all_counts(chain) -> dict[str, list]:
     (lambda r: setattr(r, "id", ""), "id"),
     (lambda r: r.ClearField("imp"), "imp"),
     (lambda r: setattr(r.imp[0], "bidfloor", -1.0), "imp[0].bidfloor"),
+    (lambda r: setattr(r.imp[0], "bidfloor", float("nan")), "imp[0].bidfloor"),
+    (lambda r: setattr(r.imp[0], "bidfloor", float("inf")), "imp[0].bidfloor"),
 ])
 def test_the_dsp_rejects_a_bad_bid_request(chain, mutate, field):
     request = openrtb_pb2.BidRequest(id="a1", imp=[openrtb_pb2.Imp(id="1", banner=openrtb_pb2.Banner(w=300, h=250))],
@@ -144,6 +146,7 @@ def test_the_dsp_rejects_a_bad_bid_request(chain, mutate, field):
 @pytest.mark.parametrize("mutate, field", [
     (lambda r: r.ClearField("imp"), "imp"),
     (lambda r: setattr(r.imp, "bidfloor", -0.01), "imp.bidfloor"),
+    (lambda r: setattr(r.imp, "bidfloor", float("nan")), "imp.bidfloor"),
     (lambda r: r.ClearField("site"), "site"),
 ])
 def test_the_exchange_rejects_a_bad_opportunity(chain, mutate, field):
