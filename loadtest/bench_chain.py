@@ -228,10 +228,13 @@ async def measure_roles(addresses: dict, pids: dict[str, int], seconds: float) -
                                                 method=verifier_pb2.MEASUREMENT_METHOD_GEOMETRY)
              for t in fresh[10_000:]], seconds, batch=1000, once=True)
         results["dsp.BidStream"] = await bid_stream_items_per_s(dsp, seconds)
+        # Loss notices for real outstanding bids, each counted once per bid.
+        bids = await fetch_bids(dsp, 10_000)
         results["dsp.NotifyLosses"] = await batch_items_per_s(
             lambda items: dsp.NotifyLosses(bidder_pb2.NotifyLossesRequest(items=items), timeout=30),
-            [bidder_pb2.NotifyLossRequest(bid_id="unknown", macros=bidder_pb2.AuctionMacros(loss=102))] * 1000,
-            seconds)
+            [bidder_pb2.NotifyLossRequest(bid_id=bid.id, campaign_id=bid.cid,
+                                          macros=bidder_pb2.AuctionMacros(loss=102)) for bid in bids],
+            seconds, batch=1000, once=True)
     finally:
         for channel in channels.values():
             await channel.close()
@@ -245,6 +248,16 @@ async def fetch_tokens(ssp, n: int) -> list[str]:
                                         timeout=30)
         tokens.extend(r.response.ad.token for r in response.results if r.response.HasField("ad"))
     return tokens[:n]
+
+
+async def fetch_bids(dsp, n: int) -> list[openrtb_pb2.Bid]:
+    """`n` real bids from the DSP, 64 bid requests in flight."""
+    request = bid_request()
+    found: list[openrtb_pb2.Bid] = []
+    while len(found) < n:
+        answers = await asyncio.gather(*(dsp.Bid(request, timeout=10) for _ in range(64)))
+        found.extend(bid for answer in answers for seatbid in answer.seatbid for bid in seatbid.bid)
+    return found[:n]
 
 
 async def batch_items_per_s(call, items: list, seconds: float, batch: int = 500, once: bool = False) -> dict:

@@ -58,14 +58,9 @@ def _unary_response(method: str, behaviour, metrics: RpcMetrics):
             if batch:  # count the batch's items by their own status
                 metrics.observe_items(method, response.results)
             return response
-        except RequestError as error:
-            code = error.code.name
-            context.abort_with_status(error.to_status())
-        except Exception:
-            code, aborted = _failure(method, context)
-            if not aborted:
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
-            raise
+        except Exception as error:
+            code = _code_of(method, context, error)
+            _abort(method, context, error)
         finally:
             metrics.observe(method, code, time.perf_counter() - started)
 
@@ -86,26 +81,34 @@ def _streamed_response(method: str, behaviour, metrics: RpcMetrics):
         except GeneratorExit:  # the caller went away mid-stream
             code = "CANCELLED"
             raise
-        except RequestError as error:
-            code = error.code.name
-            context.abort_with_status(error.to_status())
-        except Exception:
-            code, aborted = _failure(method, context)
-            if not aborted:
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
-            raise
+        except Exception as error:
+            code = _code_of(method, context, error)
+            _abort(method, context, error)
         finally:
             metrics.observe(method, code, time.perf_counter() - started)
 
     return serve
 
 
-def _failure(method: str, context: grpc.ServicerContext) -> tuple[str, bool]:
-    """The status code of a call that raised, and whether the servicer had
-    already aborted it (abort() raises a bare Exception after setting the
-    status); an unexpected failure is logged and becomes INTERNAL."""
+def _code_of(method: str, context: grpc.ServicerContext, error: Exception) -> str:
+    """The status code a call that raised `error` ends with (for the
+    metrics); an unexpected failure is logged."""
+    if isinstance(error, RequestError):
+        return error.code.name
     state = getattr(context, "_state", None)
-    if state is not None and state.aborted:
-        return (state.code.name if state.code else "UNKNOWN"), True
+    if state is not None and state.aborted:  # the servicer aborted it itself
+        return state.code.name if state.code else "UNKNOWN"
     log.exception("%s failed", method)
-    return "INTERNAL", False
+    return "INTERNAL"
+
+
+def _abort(method: str, context: grpc.ServicerContext, error: Exception) -> None:
+    """End the call with `error`'s status: a RequestError's field and code, an
+    abort the servicer already made, or INTERNAL. Always raises (abort()
+    raises a bare Exception after setting the status)."""
+    if isinstance(error, RequestError):
+        context.abort_with_status(error.to_status())
+    state = getattr(context, "_state", None)
+    if state is None or not state.aborted:
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+    raise error
