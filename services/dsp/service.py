@@ -7,6 +7,7 @@ each get their own verdict (services/runtime/batch.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -37,23 +38,21 @@ EVENT_KINDS = {
 
 class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     def __init__(self, config: DspConfig, bidder: Bidder, ledger: DspLedger, clock: Callable[[], float],
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 rng: random.Random | None = None, monotonic: Callable[[], float] = time.monotonic):
         self._settings = config.dsp
         self._rng = rng or random.Random(config.dsp.response_delay_seed)
         self._bidder = bidder
         self._ledger = ledger
         self._clock = clock
-        self._sleep = sleep
         self._monotonic = monotonic
         self._responder = _Responder(config, clock)
 
-    def Bid(self, request: openrtb_pb2.BidRequest, context) -> openrtb_pb2.BidResponse:
+    async def Bid(self, request: openrtb_pb2.BidRequest, context) -> openrtb_pb2.BidResponse:
         bid_context, placements = read_request(request)  # raises before anything is counted
         self._ledger.record_bid_requests()
         delay_ms = self._settings.draw_response_delay_ms(self._rng)
         if delay_ms:
-            self._sleep(delay_ms / 1000.0)
+            await asyncio.sleep(delay_ms / 1000.0)
         response = openrtb_pb2.BidResponse()
         bids: list[tuple[str, int]] = []
         no_bids: list[int] = []
@@ -61,45 +60,48 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
         self._ledger.record_answers(bids, no_bids)
         return response
 
-    def BidStream(self, request_iterator, context):
-        stream = DueStream(request_iterator, self._answer_stream, clock=self._monotonic,
-                           name=f"{self._settings.seat}-bid-stream")
-        context.add_callback(stream.close)  # the call ended: cancelled, past its deadline, or the server stopping
-        return stream.answers()
+    async def BidStream(self, request_iterator, context):
+        stream = DueStream(_numbered_items(request_iterator), self._answer_stream, clock=self._monotonic)
+        async for results in stream.answers():
+            yield bidder_pb2.BidStreamResponse(results=results)
 
-    def _answer_stream(self, items: Sequence[bidder_pb2.BidStreamRequest]
-                       ) -> list[tuple[float, bidder_pb2.BidStreamResponse]]:
-        """Requests that arrived together on a stream: each read as unary Bid reads it,
-        the valid ones decided in one evaluate call, each answer with its delay."""
-        answers: list[tuple[float, bidder_pb2.BidStreamResponse]] = [None] * len(items)  # type: ignore[list-item]
+    def _answer_stream(self, items: Sequence[tuple[int, openrtb_pb2.BidRequest]]
+                       ) -> list[tuple[float, bidder_pb2.BidStreamResult]]:
+        """Requests that arrived together on a stream (each with its place in
+        the message that carried it): each read as unary Bid reads it, the
+        valid ones decided in one evaluate call, each answer with its delay."""
+        answers: list[tuple[float, bidder_pb2.BidStreamResult]] = [None] * len(items)  # type: ignore[list-item]
         read = []
-        for i, item in enumerate(items):
-            request = item.request
+        for i, (position, request) in enumerate(items):
             try:
                 read.append((i, request, read_request(request)))
             except RequestError as error:  # refused as unary Bid refuses it: counted as nothing
-                answers[i] = (0.0, bidder_pb2.BidStreamResponse(request_id=request.id,
-                                                                status=refused(error, "request")))
+                answers[i] = (0.0, bidder_pb2.BidStreamResult(request_id=request.id,
+                                                              status=refused(error, f"items[{position}]")))
             except Exception:
                 log.exception("BidStream request %r failed", request.id)
-                answers[i] = (0.0, bidder_pb2.BidStreamResponse(request_id=request.id, status=failed("request")))
+                answers[i] = (0.0, bidder_pb2.BidStreamResult(request_id=request.id,
+                                                              status=failed(f"items[{position}]")))
         if not read:
             return answers
         self._ledger.record_bid_requests(len(read))
-        delays_s = [self._settings.draw_response_delay_ms(self._rng) / 1000.0 for _ in read]
+        draw = self._settings.draw_response_delay_ms
+        rng = self._rng
         try:
             decided = self._bidder.decide_many([bid_read for _i, _request, bid_read in read])
         except Exception:  # one failure answers its group INTERNAL; the stream goes on
             log.exception("BidStream: deciding %d requests failed", len(read))
             for i, request, _read in read:
-                answers[i] = (0.0, bidder_pb2.BidStreamResponse(request_id=request.id, status=failed("request")))
+                answers[i] = (0.0, bidder_pb2.BidStreamResult(request_id=request.id,
+                                                              status=failed(f"items[{items[i][0]}]")))
             return answers
         bids: list[tuple[str, int]] = []
         no_bids: list[int] = []
-        for (i, request, _read), decisions, delay_s in zip(read, decided, delays_s):
-            answer = bidder_pb2.BidStreamResponse(request_id=request.id, status=OK)
-            self._responder.fill(answer.response, request.id, decisions, bids, no_bids)
-            answers[i] = (delay_s, answer)
+        fill = self._responder.fill
+        for (i, request, _read), decisions in zip(read, decided):
+            answer = bidder_pb2.BidStreamResult(request_id=request.id, status=OK)
+            fill(answer.response, request.id, decisions, bids, no_bids)
+            answers[i] = (draw(rng) / 1000.0, answer)
         self._ledger.record_answers(bids, no_bids)
         return answers
 
@@ -261,6 +263,12 @@ class _Responder:
     def bid_user(self, bid_id: str) -> int | None:
         """The user key hash of a bid still remembered, for the frequency cap."""
         return self.bids.get(bid_id, (None, None))[1]
+
+
+async def _numbered_items(messages):
+    """Each BidStream message's bid requests, with their place in it."""
+    async for message in messages:
+        yield list(enumerate(message.items))
 
 
 def _notice_url(seat: str, kind: str) -> str:

@@ -44,7 +44,8 @@ class ServerSettings:
     # 0 picks a free port; the bound port is reported in the ready file.
     grpc_port: int = 0
     metrics_port: int = 0
-    max_workers: int = 16
+    # In-flight RPCs the server takes before answering RESOURCE_EXHAUSTED (0: no limit).
+    max_concurrent_rpcs: int = 0
     # Seconds in-flight RPCs get to finish after SIGTERM.
     grace_s: float = 5.0
 
@@ -54,8 +55,8 @@ class ServerSettings:
             port = getattr(self, field)
             if not 0 <= port <= 65535:
                 problems.append(f"{where}.{field}: {port} is not a port number")
-        if self.max_workers < 1:
-            problems.append(f"{where}.max_workers: must be at least 1")
+        if self.max_concurrent_rpcs < 0:
+            problems.append(f"{where}.max_concurrent_rpcs: must not be negative (0 is no limit)")
         if self.grace_s < 0:
             problems.append(f"{where}.grace_s: must not be negative")
         return problems

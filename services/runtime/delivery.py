@@ -2,16 +2,17 @@
 
 The exchange counts an impression on ad return, and only when the return to
 the caller succeeds: a caller whose deadline passed, or who hung up, never got
-the ad. gRPC's server reports the end of every call (RECV_CLOSE_ON_SERVER,
-with a `cancelled` flag set when the status did not get through); grpcio's
-sync server keeps that verdict on the call's state and runs the context's
-callbacks right after it. `on_delivered` reads it there.
+the ad. On grpc.aio, a call whose caller cancels it, or whose deadline passes,
+before the handler returns is cancelled under the handler and never sends its
+status; a handler that returns in time has its response and OK status put on
+the wire at once, in the same step of the loop.
 
-grpcio exposes no public accessor for that verdict, so this module is the one
-place that reads it; tests/runtime/test_delivery.py pins the behaviour (a
-response to a caller whose deadline passed is not delivered) so an upgrade
-that changes it fails loudly. Where the verdict cannot be read, a call whose
-deadline had passed when it ended is treated as not delivered.
+So the verdict is read from public API: when `on_delivered` is called (right
+before the handler returns its response) the caller's deadline must not have
+passed, and when the call is done its status must have been sent, and OK.
+tests/runtime/test_delivery.py pins the behaviour (a response to a caller whose
+deadline passed, or who hung up, is not delivered) so an upgrade that changes
+it fails loudly.
 """
 
 from __future__ import annotations
@@ -23,35 +24,27 @@ import grpc
 
 log = logging.getLogger(__name__)
 
-_CANCELLED = "cancelled"
 
-
-def on_delivered(context: grpc.ServicerContext, delivered: Callable[[], None], lost: Callable[[], None] | None = None) -> None:
+def on_delivered(context: grpc.aio.ServicerContext, delivered: Callable[[], None],
+                 lost: Callable[[], None] | None = None) -> None:
     """Run `delivered` once the call ends with its response received by the
-    caller, else `lost` (if given). Callbacks run on gRPC's completion thread:
-    keep them short."""
+    caller, else `lost` (if given). Call it right before returning the
+    response; the callbacks run on the server's loop: keep them short."""
+    lost = lost or _nothing
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        lost()  # the caller stopped waiting before the response could leave
+        return
 
-    def finished() -> None:
+    def finished(call: grpc.aio.ServicerContext) -> None:
         try:
-            ok = _was_delivered(context)
-        except Exception:  # never let accounting break the server thread
+            ok = call.done() and call.code() in (None, grpc.StatusCode.OK)
+        except Exception:  # never let accounting break the server
             log.exception("could not read the delivery verdict of a call")
             ok = False
-        (delivered if ok else (lost or _nothing))()
+        (delivered if ok else lost)()
 
-    if not context.add_callback(finished):
-        # The call already ended (cancelled before we got here).
-        if lost is not None:
-            lost()
-
-
-def _was_delivered(context: grpc.ServicerContext) -> bool:
-    state = getattr(context, "_state", None)
-    client = getattr(state, "client", None)
-    if client is not None:
-        return client != _CANCELLED and getattr(state, "code", None) in (None, grpc.StatusCode.OK)
-    remaining = context.time_remaining()
-    return remaining is None or remaining > 0
+    context.add_done_callback(finished)
 
 
 def _nothing() -> None:

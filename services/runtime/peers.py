@@ -1,5 +1,9 @@
 """Channels to the DSPs a role calls (the exchange for bids and notices, the
-ad server and the verifier for notices), opened once and closed together."""
+ad server and the verifier for notices), opened once and closed together.
+
+`stubs` are for the notice senders, which run on their own threads; the
+exchange's bid streams run on its event loop and use `aio_stubs` (opened when
+first asked for, on the loop)."""
 
 from __future__ import annotations
 
@@ -10,12 +14,31 @@ import grpc
 from adchain.v1 import bidder_pb2_grpc
 from services.runtime.config import Peer
 
+# Batches of thousands of bid requests or notices exceed gRPC's default 4 MiB.
+MESSAGE_LIMIT_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                         ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+
 
 class BidderPeers:
     def __init__(self, peers: Sequence[Peer]):
-        self._channels = {p.name: grpc.insecure_channel(p.address) for p in peers}
+        self._addresses = {p.name: p.address for p in peers}
+        self._channels = {name: grpc.insecure_channel(address, options=MESSAGE_LIMIT_OPTIONS)
+                          for name, address in self._addresses.items()}
         self.stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}
+        self._aio_channels: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def aio_stubs(self) -> dict[str, bidder_pb2_grpc.BidderServiceStub]:
+        if not self._aio_channels:
+            self._aio_channels = {name: grpc.aio.insecure_channel(address, options=MESSAGE_LIMIT_OPTIONS)
+                                  for name, address in self._addresses.items()}
+        return {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._aio_channels.items()}
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        for channel in self._aio_channels.values():
+            await channel.close()

@@ -1,6 +1,13 @@
 """Serving a role: build the gRPC server with health and reflection, expose
 /metrics, report readiness, and shut down gracefully on SIGTERM.
 
+Every role is served by grpc.aio on one event loop, in a thread of its own
+(`RunningRole.loop`): no worker pool, no thread per call or per stream. An
+RPC handler is a coroutine when it waits (the exchange for its bids, the DSP
+for its modelled response delay) and a plain function when it only computes
+(a count, a batch of notices); plain functions run inline on the loop, so
+they must never block (services/runtime/interceptor.py wraps both kinds).
+
 A role is described by a `Role`: its name, its settings class and a `build`
 function that turns settings into a `RoleApp` (its servicers and any
 background work). Nothing here knows what a DSP or an exchange is.
@@ -8,7 +15,9 @@ background work). Nothing here knows what a DSP or an exchange is.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -16,7 +25,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.runtime.config import ServerSettings
-from services.runtime.interceptor import ServingInterceptor
+from services.runtime.interceptor import WrappingRegistrar
 from services.runtime.metrics import RpcMetrics
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,8 @@ class RoleApp(Protocol):
         """Start background work (e.g. notice senders) once serving."""
 
     def close(self, timeout_s: float) -> None:
-        """Flush and stop background work after the server stopped."""
+        """Flush and stop background work after the server stopped (on the
+        role's loop; may be a coroutine)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,48 +87,77 @@ class RunningRole:
 
     role: str
     app: RoleApp
-    server: grpc.Server
-    health: health.HealthServicer
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
     grpc_address: str
     metrics_address: str
+    loop: asyncio.AbstractEventLoop
+    _thread: threading.Thread
     _metrics_server: Any
     _grace_s: float
+
+    def call(self, coroutine):
+        """Run `coroutine` on the role's loop and return its result (from any
+        other thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def stop(self, grace_s: float | None = None) -> None:
         grace = self._grace_s if grace_s is None else grace_s
         log.info("%s: stopping: health NOT_SERVING, draining in-flight RPCs for up to %.1fs", self.role, grace)
-        # Tell load balancers and `adchain up` first, then stop accepting.
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        self.app.close(timeout_s=max(grace, 1.0))
-        self._metrics_server.shutdown()
-        self._metrics_server.server_close()
+        try:
+            self.call(self._stop(grace))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5.0)
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("%s: stopped", self.role)
+
+    async def _stop(self, grace: float) -> None:
+        # Tell load balancers and `adchain up` first, then stop accepting.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        closed = self.app.close(timeout_s=max(grace, 1.0))
+        if inspect.isawaitable(closed):
+            await closed
 
 
 def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = None,
           clock: Callable[[], float] = time.time, started: float | None = None) -> RunningRole:
     """Build and start `role` with `settings` (whose `.server` is a
-    ServerSettings). Returns once both ports are bound. `started` is the
-    perf_counter() reading the start-up time is logged from (default: now)."""
+    ServerSettings) on a new event loop thread. Returns once both ports are
+    bound. `started` is the perf_counter() reading the start-up time is logged
+    from (default: now)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=f"{role.name}-loop", daemon=True)
+    thread.start()
+    try:
+        return asyncio.run_coroutine_threadsafe(
+            _start(role, settings, registry, clock, started, loop, thread), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5.0)
+        raise
+
+
+async def _start(role: Role, settings: Any, registry: CollectorRegistry | None, clock: Callable[[], float],
+                 started: float | None, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> RunningRole:
     server_settings: ServerSettings = settings.server
     registry = registry if registry is not None else CollectorRegistry()
     instance = server_settings.name or role.name
     started = time.perf_counter() if started is None else started
+    # Built on the loop: the clients a role opens (aio channels) belong to it.
     app = role.build(settings, RoleContext(instance=instance, registry=registry, clock=clock))
 
     methods = tuple(m for s in app.servicers for m in s.methods)
     batch_methods = tuple(m for s in app.servicers for m in s.batch_methods)
-    interceptor = ServingInterceptor(RpcMetrics(role.name, methods, registry, batch_methods))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=server_settings.max_workers, thread_name_prefix=f"{role.name}-rpc"),
-        interceptors=[interceptor],
-        options=[("grpc.so_reuseport", 0)],
-    )
-    health_servicer = health.HealthServicer()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+                             maximum_concurrent_rpcs=server_settings.max_concurrent_rpcs or None)
+    registrar = WrappingRegistrar(server, RpcMetrics(role.name, methods, registry, batch_methods))
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for servicer in app.servicers:
-        servicer.add_to_server(servicer.implementation, server)
+        servicer.add_to_server(servicer.implementation, registrar)
     names = [s.full_name for s in app.servicers]
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{server_settings.host}:{server_settings.grpc_port}")
@@ -127,10 +165,10 @@ def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = Non
         raise OSError(f"could not bind gRPC on {server_settings.host}:{server_settings.grpc_port}")
     metrics_server, _thread = start_http_server(server_settings.metrics_port, addr=server_settings.host, registry=registry)
     metrics_port = metrics_server.server_port
-    server.start()
+    await server.start()
     app.start()
     for name in ("", *names):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningRole(
         role=role.name,
         app=app,
@@ -138,6 +176,8 @@ def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = Non
         health=health_servicer,
         grpc_address=f"{_host_for_url(server_settings.host)}:{port}",
         metrics_address=f"{_host_for_url(server_settings.host)}:{metrics_port}",
+        loop=loop,
+        _thread=thread,
         _metrics_server=metrics_server,
         _grace_s=server_settings.grace_s,
     )

@@ -1,25 +1,26 @@
-"""The exchange's fan-out to its DSPs: every bid request of an ad call (one
-for a RequestAd or an ad break, one per item of a RequestAds) goes to every
-DSP at once, each DSP over one long-lived BidStream, and each request waits
-for its answers under its own tmax.
+"""The exchange's fan-out to its DSPs: the bid requests of an ad call (one
+for a RequestAd or an ad break, one per item of a RequestAds) go to every DSP
+at once, each DSP over one long-lived BidStream, in one stream message per
+call, and each request waits for its answers under its own tmax.
 
 One stream per DSP, opened on first use and reopened after it breaks, carries
-many requests at once; answers come back as the DSP finishes them, matched to
-their request by BidRequest.id (the exchange's auction id, unique per
-request). OpenRTB 2.6 §3.2.1 tmax is the time the exchange waits for bids:
-a DSP whose answer has not arrived `tmax` after its request was sent is out
-of that auction (a timeout), and an answer that arrives later is dropped.
+many requests at once; answers come back as the DSP finishes them (those that
+became due together in one message), matched to their request by
+BidRequest.id (the exchange's auction id, unique per request). OpenRTB 2.6
+§3.2.1 tmax is the time the exchange waits for bids: a DSP whose answer has
+not arrived `tmax` after its request was sent is out of that auction (a
+timeout), and an answer that arrives later is dropped.
+
+Everything here runs on the exchange's event loop: no locks, no threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import heapq
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 
@@ -54,85 +55,93 @@ class BidRound:
         self._dsps = tuple(dsps)
         self._forget = forget
         self._clock = clock
-        self._cond = threading.Condition()
         self._answers: list[dict[str, Answer]] = [{} for _ in bid_requests]
         self._done = [False] * len(bid_requests)
         self._ready: list[int] = []
-        # When each request's tmax ends, and the same as a heap of (deadline,
-        # request index) for the wait.
+        # When each request's tmax ends, and the timer that ends it.
         self._deadline = [float("inf")] * len(bid_requests)
-        self._deadlines: list[tuple[float, int]] = []
+        self._timers: list[asyncio.TimerHandle | None] = [None] * len(bid_requests)
         self._open = len(bid_requests)
+        self._wake: asyncio.Future | None = None
 
     def sent(self, index: int) -> None:
         """Request `index` leaves now: its tmax runs from here."""
-        deadline = self._clock() + self._requests[index].tmax / 1000.0
-        with self._cond:
-            self._deadline[index] = deadline
-            heapq.heappush(self._deadlines, (deadline, index))
+        tmax_s = self._requests[index].tmax / 1000.0
+        self._deadline[index] = self._clock() + tmax_s
+        self._timers[index] = asyncio.get_running_loop().call_later(tmax_s, self._expire, index)
 
     def answer(self, index: int, dsp: str, answer: Answer) -> None:
         """A DSP's answer to request `index` (from the stream's reader): kept
         if it came within tmax, whether or not the auction has looked yet."""
-        now = self._clock()
-        with self._cond:
-            if self._done[index] or dsp in self._answers[index] or now > self._deadline[index]:
-                return
-            answers = self._answers[index]
-            answers[dsp] = answer
-            if len(answers) == len(self._dsps):
-                self._complete(index)
+        if self._done[index] or dsp in self._answers[index] or self._clock() > self._deadline[index]:
+            return
+        answers = self._answers[index]
+        answers[dsp] = answer
+        if len(answers) == len(self._dsps):
+            self._complete(index)
 
-    def completed(self) -> Iterator[tuple[int, dict[str, Answer]]]:
+    async def completed(self) -> AsyncIterator[tuple[int, dict[str, Answer]]]:
         """(request index, answers by DSP) for every request, in the order
         they complete; a DSP that missed tmax answers TIMEOUT."""
         while True:
-            expired: list[tuple[int, list[str]]] = []
-            with self._cond:
-                while not self._ready and self._open:
-                    now = self._clock()
-                    while self._deadlines and (self._deadlines[0][0] <= now or self._done[self._deadlines[0][1]]):
-                        _deadline, index = heapq.heappop(self._deadlines)
-                        if not self._done[index]:
-                            missing = [d for d in self._dsps if d not in self._answers[index]]
-                            self._answers[index].update((d, _TIMED_OUT) for d in missing)
-                            self._complete(index)
-                            expired.append((index, missing))
-                    if self._ready:
-                        break
-                    self._cond.wait(self._deadlines[0][0] - now if self._deadlines else None)
-                ready, self._ready = self._ready, []
-            for index, missing in expired:
-                for dsp in missing:
-                    self._forget(dsp, self._requests[index].id)
+            if not self._ready:
+                if not self._open:
+                    return
+                self._wake = asyncio.get_running_loop().create_future()
+                try:
+                    await self._wake
+                finally:
+                    self._wake = None
+            ready, self._ready = self._ready, []
             for index in ready:
                 yield index, self._answers[index]
-            if not ready and not self._open:
-                return
+
+    def close(self) -> None:
+        """The auction stopped waiting (its caller went away): no timer is left behind."""
+        for timer in self._timers:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, index: int) -> None:
+        self._timers[index] = None
+        if self._done[index]:
+            return
+        missing = [d for d in self._dsps if d not in self._answers[index]]
+        self._answers[index].update((d, _TIMED_OUT) for d in missing)
+        self._complete(index)
+        for dsp in missing:
+            self._forget(dsp, self._requests[index].id)
 
     def _complete(self, index: int) -> None:
         self._done[index] = True
         self._open -= 1
         self._ready.append(index)
-        self._cond.notify()
+        timer = self._timers[index]
+        if timer is not None:
+            timer.cancel()
+            self._timers[index] = None
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
 
 class _Stream:
-    """One open BidStream call: its request queue, the requests it carries
-    and the thread reading its answers."""
-
-    _END = object()
+    """One open BidStream call: its outgoing messages, the requests it
+    carries, and the task reading its answers."""
 
     def __init__(self, stub: bidder_pb2_grpc.BidderServiceStub):
-        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.outbox: asyncio.Queue = asyncio.Queue()
         # request id -> (round, index in the round) awaiting an answer here
         self.pending: dict[str, tuple[BidRound, int]] = {}
-        self.call = stub.BidStream(iter(self.requests.get, self._END))
-        self.reader: threading.Thread | None = None
+        self.call = stub.BidStream(self._messages())
+        self.reader: asyncio.Task | None = None
+
+    async def _messages(self) -> AsyncIterator[bidder_pb2.BidStreamRequest]:
+        while (message := await self.outbox.get()) is not None:
+            yield message
 
     def end(self) -> None:
         """No more requests: the DSP answers what it has and ends the call."""
-        self.requests.put(self._END)
+        self.outbox.put_nowait(None)
 
 
 class BidStream:
@@ -144,68 +153,71 @@ class BidStream:
         self.dsp = dsp
         self._stub = stub
         self._opened = opened
-        self._lock = threading.Lock()
         self._stream: _Stream | None = None
         self._closed = False
 
-    def send(self, item: bidder_pb2.BidStreamRequest, bid_round: BidRound, index: int) -> None:
-        with self._lock:
-            stream = self._stream
-            if stream is None and not self._closed:
-                stream = self._stream = self._open()
-            if stream is not None:
-                stream.pending[item.request.id] = (bid_round, index)
+    def send(self, message: bidder_pb2.BidStreamRequest, bid_round: BidRound, indices: Sequence[int]) -> None:
+        """Send `message` (whose items are the round's requests `indices`)."""
+        stream = self._stream
+        if stream is None and not self._closed:
+            stream = self._stream = self._open()
         if stream is None:
-            bid_round.answer(index, self.dsp, _FAILED)
+            for index in indices:
+                bid_round.answer(index, self.dsp, _FAILED)
             return
-        stream.requests.put(item)
+        for item, index in zip(message.items, indices):
+            stream.pending[item.id] = (bid_round, index)
+        stream.outbox.put_nowait(message)
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for an answer to `request_id` (its tmax passed)."""
-        with self._lock:
-            if self._stream is not None:
-                self._stream.pending.pop(request_id, None)
+        if self._stream is not None:
+            self._stream.pending.pop(request_id, None)
 
-    def close(self, timeout_s: float = 1.0) -> None:
-        with self._lock:
-            self._closed = True
-            stream, self._stream = self._stream, None
+    async def close(self, timeout_s: float = 1.0) -> None:
+        self._closed = True
+        stream, self._stream = self._stream, None
         if stream is not None:
             stream.end()
-            stream.reader.join(timeout_s)
+            try:
+                await asyncio.wait_for(asyncio.shield(stream.reader), timeout_s)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
             stream.call.cancel()
 
     def _open(self) -> _Stream:
         stream = _Stream(self._stub)
-        stream.reader = threading.Thread(target=self._read, args=(stream,), name=f"bids-{self.dsp}", daemon=True)
-        stream.reader.start()
+        stream.reader = asyncio.get_running_loop().create_task(self._read(stream), name=f"bids-{self.dsp}")
         self._opened(self.dsp)
         return stream
 
-    def _read(self, stream: _Stream) -> None:
+    async def _read(self, stream: _Stream) -> None:
         """Hand every answer to the round waiting for it, until the stream ends."""
+        pending = stream.pending
         try:
-            for item in stream.call:
-                with self._lock:
-                    waiting = stream.pending.pop(item.request_id, None)
-                if waiting is None:
-                    continue  # tmax passed: the auction went on without it
-                bid_round, index = waiting
-                if item.status.code:
-                    log.warning("bid request to %s refused: %s %s", self.dsp, item.status.field, item.status.message)
-                    bid_round.answer(index, self.dsp, _FAILED)
-                else:
-                    bid_round.answer(index, self.dsp, Answer(ANSWERED, item.response))
+            async for message in stream.call:
+                for result in message.results:
+                    waiting = pending.pop(result.request_id, None)
+                    if waiting is None:
+                        continue  # tmax passed: the auction went on without it
+                    bid_round, index = waiting
+                    if result.status.code:
+                        log.warning("bid request to %s refused: %s %s", self.dsp, result.status.field,
+                                    result.status.message)
+                        bid_round.answer(index, self.dsp, _FAILED)
+                    else:
+                        bid_round.answer(index, self.dsp, Answer(ANSWERED, result.response))
         except grpc.RpcError as error:
             if not self._closed:
                 log.warning("bid stream to %s broke: %s", self.dsp, error.code().name)
+        except asyncio.CancelledError:
+            pass
         except Exception:  # an answer that would not decode: the stream is no longer trusted
             log.exception("bid stream to %s failed", self.dsp)
         finally:
-            with self._lock:
-                if self._stream is stream:
-                    self._stream = None
-                broken, stream.pending = stream.pending, {}
+            if self._stream is stream:
+                self._stream = None
+            broken, stream.pending = stream.pending, {}
             stream.end()
             stream.call.cancel()  # a no-op once the call ended; else stop the DSP answering into the void
             for bid_round, index in broken.values():
@@ -221,18 +233,21 @@ class BidStreams:
         self._clock = clock
 
     def ask(self, bid_requests: Sequence[openrtb_pb2.BidRequest]) -> BidRound:
+        """Send `bid_requests` to every DSP (one stream message per DSP);
+        iterate the round's `completed()` for the answers."""
         bid_round = BidRound(bid_requests, tuple(self._streams), self._forget, self._clock)
-        for index, bid_request in enumerate(bid_requests):
-            # One message for every DSP: gRPC serializes it per stream, nothing mutates it.
-            item = bidder_pb2.BidStreamRequest(request=bid_request)
+        # One message for every DSP: gRPC serializes it per stream, nothing mutates it.
+        message = bidder_pb2.BidStreamRequest(items=bid_requests)
+        indices = range(len(bid_requests))
+        for index in indices:
             bid_round.sent(index)
-            for stream in self._streams.values():
-                stream.send(item, bid_round, index)
+        for stream in self._streams.values():
+            stream.send(message, bid_round, indices)
         return bid_round
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for stream in self._streams.values():
-            stream.close()
+            await stream.close()
 
     def _forget(self, dsp: str, request_id: str) -> None:
         self._streams[dsp].forget(request_id)

@@ -80,15 +80,16 @@ class Exchange:
         self._ledger = ledger
         self._clock = clock
 
-    def request_ad(self, request: exchange_pb2.RequestAdRequest) -> tuple[exchange_pb2.RequestAdResponse, list[Placed]]:
+    async def request_ad(self, request: exchange_pb2.RequestAdRequest
+                         ) -> tuple[exchange_pb2.RequestAdResponse, list[Placed]]:
         validate(request)
         self._ledger.record_ad_request()
         opened = self._open(request, [request.imp], request.tmax_ms, request.at)
-        ((_index, answers),) = self._bidders.ask([opened.bid_request]).completed()
+        answers = await _only_answers(self._bidders.ask([opened.bid_request]))
         response = exchange_pb2.RequestAdResponse()
         return response, self._settle(opened, answers, response)
 
-    def request_ads(self, items: Sequence[exchange_pb2.RequestAdRequest], received_at: float
+    async def request_ads(self, items: Sequence[exchange_pb2.RequestAdRequest], received_at: float
                     ) -> tuple[exchange_pb2.RequestAdsResponse, list[Placed], list[Placed]]:
         """Every item's auction at once: each validated, counted and cleared
         as request_ad would, under its own tmax. results[i] answers items[i];
@@ -110,16 +111,20 @@ class Exchange:
         won: dict[int, list[Placed]] = {}
         if auctions:
             # Every item's bid requests leave at once; each item clears as soon as its answers are in.
-            for j, answers in self._bidders.ask([a.bid_request for a in auctions]).completed():
-                i, result = indices[j], results[indices[j]]
-                try:
-                    won[i] = self._settle(auctions[j], answers, result.response)
-                except Exception:  # one item's failure never fails the batch
-                    log.exception("items[%d] failed", i)
-                    result.ClearField("response")
-                    result.status.CopyFrom(batch.failed(f"items[{i}]"))
-                    continue
-                result.status.CopyFrom(batch.OK)
+            bid_round = self._bidders.ask([a.bid_request for a in auctions])
+            try:
+                async for j, answers in bid_round.completed():
+                    i, result = indices[j], results[indices[j]]
+                    try:
+                        won[i] = self._settle(auctions[j], answers, result.response)
+                    except Exception:  # one item's failure never fails the batch
+                        log.exception("items[%d] failed", i)
+                        result.ClearField("response")
+                        result.status.CopyFrom(batch.failed(f"items[{i}]"))
+                        continue
+                    result.status.CopyFrom(batch.OK)
+            finally:
+                bid_round.close()
         # Each item's ad reaches its page only with the whole response, which
         # leaves now: a page whose wait is over by now never gets its ad.
         waited_ms = (time.monotonic() - received_at) * 1000.0
@@ -134,7 +139,7 @@ class Exchange:
                 carried.extend(placed)
         return response, carried, gave_up
 
-    def request_ad_pod(self, request: exchange_pb2.RequestAdPodRequest
+    async def request_ad_pod(self, request: exchange_pb2.RequestAdPodRequest
                        ) -> tuple[exchange_pb2.RequestAdPodResponse, list[Placed]]:
         """An ad break: every slot in one bid request; slots cleared in play
         order, and a bid whose advertiser already has an ad in the break is
@@ -143,7 +148,7 @@ class Exchange:
         self._ledger.record_ad_request()
         opened = self._open(request, request.imp, request.tmax_ms, request.at)
         bid_request = opened.bid_request
-        ((_index, answers),) = self._bidders.ask([bid_request]).completed()
+        answers = await _only_answers(self._bidders.ask([bid_request]))
         candidates, _timed_out = self._read_answers(bid_request, answers)
         response = exchange_pb2.RequestAdPodResponse(request_id=request.request_id)
         placed_ads: list[Placed] = []
@@ -326,6 +331,16 @@ class Exchange:
         ad.mtype = mtype
         ad.expires_at_ms = token.expires_at_ms
         return ad
+
+
+async def _only_answers(bid_round: BidRound) -> dict[str, Answer]:
+    """The answers to a round of one bid request."""
+    try:
+        async for _index, answers in bid_round.completed():
+            return answers
+    finally:
+        bid_round.close()
+    raise AssertionError("a round of one request completes once")
 
 
 def validate(request: exchange_pb2.RequestAdRequest) -> None:

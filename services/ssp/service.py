@@ -3,6 +3,7 @@ each as returned only once the return to the caller succeeded."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -29,20 +30,38 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
         self._exchange = exchange
         self._ledger = ledger
 
-    def RequestAd(self, request, context: grpc.ServicerContext) -> exchange_pb2.RequestAdResponse:
-        response, placed = self._exchange.request_ad(request)
+    async def RequestAd(self, request, context: grpc.aio.ServicerContext) -> exchange_pb2.RequestAdResponse:
+        response, placed = await self._auction(self._exchange.request_ad(request))
         self._count_on_return(context, placed)
         return response
 
-    def RequestAds(self, request, context: grpc.ServicerContext) -> exchange_pb2.RequestAdsResponse:
-        response, placed, gave_up = self._exchange.request_ads(request.items, received_at=time.monotonic())
+    async def RequestAds(self, request, context: grpc.aio.ServicerContext) -> exchange_pb2.RequestAdsResponse:
+        response, placed, gave_up = await self._auction(
+            self._exchange.request_ads(request.items, received_at=time.monotonic()))
         self._count_on_return(context, placed, gave_up)
         return response
 
-    def RequestAdPod(self, request, context: grpc.ServicerContext) -> exchange_pb2.RequestAdPodResponse:
-        response, placed = self._exchange.request_ad_pod(request)
+    async def RequestAdPod(self, request, context: grpc.aio.ServicerContext) -> exchange_pb2.RequestAdPodResponse:
+        response, placed = await self._auction(self._exchange.request_ad_pod(request))
         self._count_on_return(context, placed)
         return response
+
+    async def _auction(self, auction):
+        """Run an auction to its end even when its caller goes away (the
+        call is cancelled under us): every bid it took is cleared and
+        notified, and the ads it placed are counted as not returned."""
+        task = asyncio.ensure_future(auction)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._never_returned)
+            raise
+
+    def _never_returned(self, task: asyncio.Future) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        placed = [p for ads in task.result()[1:] for p in ads]
+        self._ledger.record_deliveries([], [(p.ad.impression_key, p.winner.seat, p.winner.bid.cid) for p in placed])
 
     def GetCounts(self, request, context) -> exchange_pb2.ExchangeServiceGetCountsResponse:
         return exchange_pb2.ExchangeServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())
@@ -68,9 +87,8 @@ class SspApp:
         auction.warm()  # the clearing kernel compiles at start, never on a first request
         self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock)
         self._dsps = BidderPeers(config.dsps)
-        stubs = self._dsps.stubs
-        self._bids = BidStreams(stubs, opened=self.ledger.record_bid_stream_opened)
-        self._notices = NoticeBatches(stubs, config.exchange, self.ledger.record_notice)
+        self._bids = BidStreams(self._dsps.aio_stubs, opened=self.ledger.record_bid_stream_opened)
+        self._notices = NoticeBatches(self._dsps.stubs, config.exchange, self.ledger.record_notice)
         self.exchange = exchange = Exchange(config.exchange, self._bids, self._notices, TokenCodec(config.tokens),
                                             self.ledger, context.clock)
         self.servicers = [Servicer(
@@ -81,11 +99,11 @@ class SspApp:
     def start(self) -> None:
         self._notices.start()
 
-    def close(self, timeout_s: float) -> None:
+    async def close(self, timeout_s: float) -> None:
         # Win and loss notices still batching go out now, and get their
         # answers, before the channels close.
         left = self._notices.drain(timeout_s)
         if left:
             log.warning("%d win/loss notices still in flight at shutdown", left)
-        self._bids.close()
-        self._dsps.close()
+        await self._bids.close()
+        await self._dsps.aclose()

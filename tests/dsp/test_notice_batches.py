@@ -5,6 +5,7 @@ counts. Two DSPs built from one config, one fed unary calls, one batches."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -40,7 +41,7 @@ class Dsp:
     def bid(self, user: str, w: int = 300, h: int = 250) -> openrtb_pb2.Bid:
         request = openrtb_pb2.BidRequest(id=f"r-{user}-{w}", imp=[openrtb_pb2.Imp(
             id="1", banner=openrtb_pb2.Banner(w=w, h=h))], user=openrtb_pb2.User(id=user))
-        return self.servicer.Bid(request, None).seatbid[0].bid[0]
+        return asyncio.run(self.servicer.Bid(request, None)).seatbid[0].bid[0]
 
     def counts(self) -> set:
         return {(c.name, c.reason, c.campaign, c.value) for c in self.app.ledger.tally.snapshot().counts}
@@ -121,8 +122,8 @@ def frequency_outcomes(dsp: Dsp) -> list[int]:
     """Each user's nbr once the budget is raised (spend and frequency counts carry over)."""
     engine = dsp.app.ledger._engine
     engine.replace([dataclasses.replace(spec, budget_total_micros=10**9) for spec in engine.table.specs])
-    return [dsp.servicer.Bid(openrtb_pb2.BidRequest(id="r", imp=[openrtb_pb2.Imp(
-        id="1", banner=openrtb_pb2.Banner(w=300, h=250))], user=openrtb_pb2.User(id=user)), None).nbr
+    return [asyncio.run(dsp.servicer.Bid(openrtb_pb2.BidRequest(id="r", imp=[openrtb_pb2.Imp(
+        id="1", banner=openrtb_pb2.Banner(w=300, h=250))], user=openrtb_pb2.User(id=user)), None)).nbr
         for user in ("u1", "u2")]
 
 

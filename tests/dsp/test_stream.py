@@ -1,35 +1,39 @@
 """BidStream's timing, without gRPC: each answer leaves when its own delay is
-up, requests that arrive together are decided together, and the stream ends
-when the caller stops sending or the call ends."""
+up, answers due together leave together, requests that arrive together are
+decided together, and the stream ends when the caller stops sending or the
+call ends."""
 
 from __future__ import annotations
 
-import queue
-import threading
+import asyncio
 import time
 
 from services.dsp.stream import DueStream
-from tests.conftest import wait_for
 
 _END = object()
 
 
-class Requests:
-    """A request iterator the test feeds, as gRPC's is fed from the wire."""
+class Messages:
+    """A stream of request messages the test feeds, as gRPC's is fed from the wire."""
 
     def __init__(self):
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: asyncio.Queue = asyncio.Queue()
 
-    def send(self, *items) -> None:
-        for item in items:
-            self._queue.put(item)
+    def send(self, *requests) -> None:
+        """The requests in one message."""
+        self._queue.put_nowait(list(requests))
 
     def finish(self) -> None:
-        self._queue.put(_END)
+        self._queue.put_nowait(_END)
 
-    def __iter__(self):
-        while (item := self._queue.get()) is not _END:
-            yield item
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        message = await self._queue.get()
+        if message is _END:
+            raise StopAsyncIteration
+        return message
 
 
 def delayed_by(delays_s: dict):
@@ -37,86 +41,130 @@ def delayed_by(delays_s: dict):
     return lambda requests: [(delays_s[r], r) for r in requests]
 
 
+async def collect(stream: DueStream) -> list[list]:
+    return [due async for due in stream.answers()]
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 10))
+
+
 def test_answers_leave_in_due_order_not_arrival_order():
-    requests = Requests()
-    requests.send("slow", "instant", "quick")
-    requests.finish()
-    stream = DueStream(requests, delayed_by({"slow": 0.15, "instant": 0.0, "quick": 0.05}))
-    assert list(stream.answers()) == ["instant", "quick", "slow"]
+    async def scenario():
+        messages = Messages()
+        messages.send("slow", "instant", "quick")
+        messages.finish()
+        due = await collect(DueStream(messages, delayed_by({"slow": 0.15, "instant": 0.0, "quick": 0.05})))
+        return [answer for group in due for answer in group]
+
+    assert run(scenario()) == ["instant", "quick", "slow"]
 
 
 def test_each_answer_waits_its_own_delay_from_arrival():
-    requests = Requests()
     delays_s = {"a": 0.12, "b": 0.0, "c": 0.06}
-    stream = DueStream(requests, delayed_by(delays_s))
-    sent_at = time.monotonic()
-    requests.send("a", "b", "c")
-    requests.finish()
-    for answer in stream.answers():
-        waited_s = time.monotonic() - sent_at
+
+    async def scenario():
+        messages = Messages()
+        stream = DueStream(messages, delayed_by(delays_s))
+        sent_at = time.monotonic()
+        messages.send("a", "b", "c")
+        messages.finish()
+        return [(answer, time.monotonic() - sent_at) async for due in stream.answers() for answer in due]
+
+    for answer, waited_s in run(scenario()):
         assert waited_s >= delays_s[answer] - 0.002
         assert waited_s < delays_s[answer] + 0.1  # released when due, not held for the slowest
 
 
-def test_requests_that_arrive_while_deciding_are_decided_together():
-    requests = Requests()
+def test_answers_due_together_leave_in_one_message():
+    async def scenario():
+        messages = Messages()
+        messages.send(*(f"r{i}" for i in range(50)))
+        messages.finish()
+        return await collect(DueStream(messages, lambda requests: [(0.03, r) for r in requests]))
+
+    due = run(scenario())
+    assert due == [[f"r{i}" for i in range(50)]]
+
+
+def test_requests_that_arrive_together_are_decided_together():
     batches = []
 
-    def decide(batch):
-        batches.append(list(batch))
-        if len(batches) == 1:
-            requests.send(1, 2, 3, 4)
-            requests.finish()
-            # The rest arrive while the first is decided.
-            assert wait_for(lambda: len(stream._inbox) == 4, timeout_s=5.0, interval_s=0.001)
-        return [(0.0, r) for r in batch]
+    async def scenario():
+        messages = Messages()
 
-    stream = DueStream(requests, decide)
-    requests.send(0)
-    assert sorted(stream.answers()) == [0, 1, 2, 3, 4]
-    assert batches == [[0], [1, 2, 3, 4]]
+        def decide(batch):
+            batches.append(list(batch))
+            return [(0.0, r) for r in batch]
+
+        stream = DueStream(messages, decide)
+        messages.send(0)
+        messages.send(1, 2)  # two messages already waiting when the stream looks
+        messages.send(3)
+        messages.finish()
+        return await collect(stream)
+
+    answers = run(scenario())
+    assert sorted(a for due in answers for a in due) == [0, 1, 2, 3]
+    assert sorted(r for batch in batches for r in batch) == [0, 1, 2, 3]
+    assert len(batches) < 4  # not one decision per request
 
 
 def test_the_stream_ends_once_the_caller_stops_sending_and_every_answer_left():
-    requests = Requests()
-    requests.send("a")
-    requests.finish()
-    stream = DueStream(requests, delayed_by({"a": 0.05}))
-    started = time.monotonic()
-    assert list(stream.answers()) == ["a"]
-    assert time.monotonic() - started < 1.0
+    async def scenario():
+        messages = Messages()
+        messages.send("a")
+        messages.finish()
+        started = time.monotonic()
+        due = await collect(DueStream(messages, delayed_by({"a": 0.05})))
+        return due, time.monotonic() - started
+
+    due, elapsed_s = run(scenario())
+    assert due == [["a"]]
+    assert elapsed_s < 1.0
 
 
 def test_close_ends_the_stream_at_once_and_drops_what_is_held():
-    requests = Requests()
-    stream = DueStream(requests, delayed_by({"now": 0.0, "later": 30.0}))
-    answers = stream.answers()
-    requests.send("now", "later")
-    assert next(answers) == "now"
-    threading.Timer(0.05, stream.close).start()
-    started = time.monotonic()
-    assert list(answers) == []
-    assert time.monotonic() - started < 1.0
-    requests.finish()  # lets the reader go
+    async def scenario():
+        messages = Messages()
+        stream = DueStream(messages, delayed_by({"now": 0.0, "later": 30.0}))
+        answers = stream.answers()
+        messages.send("now", "later")
+        first = await answers.__anext__()
+        asyncio.get_running_loop().call_later(0.05, stream.close)
+        started = time.monotonic()
+        rest = [due async for due in answers]
+        return first, rest, time.monotonic() - started
+
+    first, rest, elapsed_s = run(scenario())
+    assert first == ["now"]
+    assert rest == []
+    assert elapsed_s < 1.0
 
 
-def test_a_request_iterator_that_fails_ends_reading_and_held_answers_still_leave():
-    def broken():
-        yield "a"
+def test_a_request_stream_that_fails_ends_reading_and_held_answers_still_leave():
+    async def broken():
+        yield ["a"]
         raise RuntimeError("the call was cancelled")
 
-    stream = DueStream(broken(), delayed_by({"a": 0.02}))
-    assert list(stream.answers()) == ["a"]
+    assert run(collect(DueStream(broken(), delayed_by({"a": 0.02})))) == [["a"]]
 
 
-def test_one_reader_thread_however_many_requests_are_in_flight():
-    requests = Requests()
+def test_no_task_per_request_however_many_are_in_flight():
     names = [f"r{i}" for i in range(200)]
-    stream = DueStream(requests, delayed_by(dict.fromkeys(names, 0.1)), name="count-me")
-    answers = stream.answers()
-    requests.send(*names)
-    first = next(answers)
-    readers = [t for t in threading.enumerate() if t.name.startswith("count-me")]
-    requests.finish()
-    assert sorted([first, *answers]) == sorted(names)
-    assert len(readers) == 1
+
+    async def scenario():
+        messages = Messages()
+        stream = DueStream(messages, delayed_by(dict.fromkeys(names, 0.1)))
+        answers = stream.answers()
+        before = len(asyncio.all_tasks())
+        messages.send(*names)
+        first = await answers.__anext__()
+        in_flight = len(asyncio.all_tasks()) - before
+        messages.finish()
+        rest = [a async for due in answers for a in due]
+        return [*first, *rest], in_flight
+
+    answered, in_flight = run(scenario())
+    assert sorted(answered) == sorted(names)
+    assert in_flight <= 1  # the one reader

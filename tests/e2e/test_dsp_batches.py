@@ -9,10 +9,12 @@ import queue
 import random
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
 from google.rpc import code_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from adchain.v1 import bidder_pb2, bidder_pb2_grpc, openrtb_pb2
 from services.dsp.settings import DspSettings
@@ -191,8 +193,8 @@ class Requests:
         self._queue: queue.Queue = queue.Queue()
 
     def send(self, *requests: openrtb_pb2.BidRequest) -> None:
-        for request in requests:
-            self._queue.put(bidder_pb2.BidStreamRequest(request=request))
+        """The requests in one stream message."""
+        self._queue.put(bidder_pb2.BidStreamRequest(items=requests))
 
     def finish(self) -> None:
         self._queue.put(self._END)
@@ -200,6 +202,12 @@ class Requests:
     def __iter__(self):
         while (item := self._queue.get()) is not self._END:
             yield item
+
+
+def results_of(messages):
+    """Every answer of a stream's messages, in the order they arrived."""
+    for message in messages:
+        yield from message.results
 
 
 def separated_delays(n: int, jitter_ms: float) -> tuple[int, list[float]]:
@@ -225,7 +233,8 @@ def test_stream_answers_leave_as_each_is_ready_matched_by_request_id():
             sent_at = time.monotonic()
             requests.send(*(bid_request(f"r{i}") for i in range(5)))
             requests.finish()
-            arrived = [(answer.request_id, answer.response.id, time.monotonic() - sent_at) for answer in stream]
+            arrived = [(answer.request_id, answer.response.id, time.monotonic() - sent_at)
+                       for answer in results_of(stream)]
         by_due = [f"r{i}" for i in sorted(range(5), key=lambda i: delays_ms[i])]
         assert [request_id for request_id, _id, _at in arrived] == by_due
         assert all(request_id == response_id for request_id, response_id, _at in arrived)
@@ -247,7 +256,7 @@ def test_many_bid_requests_are_in_flight_on_one_stream():
             first = next(stream)
             threads_in_flight = threading.active_count()
             requests.finish()
-            answered = [first, *stream]
+            answered = [*first.results, *results_of(stream)]
             elapsed_s = time.monotonic() - started
         assert sorted(a.request_id for a in answered) == sorted(f"r{i}" for i in range(100))
         assert 0.3 <= elapsed_s < 2.0  # 100 answers in about one delay, not 100 delays
@@ -261,9 +270,9 @@ def test_an_invalid_bid_request_on_a_stream_gets_its_status_and_the_stream_goes_
     no_id = bid_request("")
     requests.send(bid_request("good-1"), bid_request("bad", floor=-1), no_id, bid_request("good-2"))
     requests.finish()
-    answers = {a.request_id: a for a in dsp.BidStream(iter(requests), timeout=10)}
-    assert status(answers["bad"]) == (code_pb2.INVALID_ARGUMENT, "request.imp[0].bidfloor")
-    assert status(answers[""]) == (code_pb2.INVALID_ARGUMENT, "request.id")
+    answers = {a.request_id: a for a in results_of(dsp.BidStream(iter(requests), timeout=10))}
+    assert status(answers["bad"]) == (code_pb2.INVALID_ARGUMENT, "items[1].imp[0].bidfloor")
+    assert status(answers[""]) == (code_pb2.INVALID_ARGUMENT, "items[2].id")
     assert not answers["bad"].HasField("response")
     for good in ("good-1", "good-2"):
         assert status(answers[good]) == (code_pb2.OK, "")
@@ -289,7 +298,8 @@ def test_a_stream_counts_exactly_what_unary_bid_counts():
             stream_requests = Requests()
             stream_requests.send(*requests)
             stream_requests.finish()
-            by_stream = {a.request_id: a.response for a in many.BidStream(iter(stream_requests), timeout=10)}
+            by_stream = {a.request_id: a.response
+                         for a in results_of(many.BidStream(iter(stream_requests), timeout=10))}
             assert counts(one) == counts(many)
             assert count(many, "no_bids", "below_floor") == count(many, "no_bids", "no_matching_campaign") == 1
             for request_id, response in by_unary.items():
@@ -315,18 +325,31 @@ def _without_ids(response: openrtb_pb2.BidResponse) -> openrtb_pb2.BidResponse:
     return copy
 
 
-def _stream_readers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "dsp-1-bid-stream-reader"]
+def _streams_ended(running) -> dict[str, float]:
+    """BidStream calls whose handler has ended, by status code (the role's own
+    request metric, counted when the handler returns)."""
+    body = urllib.request.urlopen(f"http://{running.metrics_address}/metrics", timeout=5).read().decode()
+    ended = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "adchain_rpc_requests_total" and sample.labels["method"] == "BidStream":
+                ended[sample.labels["code"]] = sample.value
+    return {code: n for code, n in ended.items() if n}
 
 
-def test_a_stream_the_client_cancels_ends_its_handler(dsp):
-    requests = Requests()
-    stream = dsp.BidStream(iter(requests), timeout=30)
-    requests.send(bid_request("r1"))
-    assert next(stream).request_id == "r1"
-    assert len(_stream_readers()) == 1
-    stream.cancel()
-    assert wait_for(lambda: not _stream_readers(), timeout_s=5)
+def test_a_stream_the_client_cancels_ends_its_handler():
+    running = start_dsp()
+    try:
+        with grpc.insecure_channel(running.grpc_address) as channel:
+            requests = Requests()
+            stream = bidder_pb2_grpc.BidderServiceStub(channel).BidStream(iter(requests), timeout=30)
+            requests.send(bid_request("r1"))
+            assert next(stream).results[0].request_id == "r1"
+            assert _streams_ended(running) == {}
+            stream.cancel()
+            assert wait_for(lambda: _streams_ended(running) == {"CANCELLED": 1.0}, timeout_s=5)
+    finally:
+        running.stop(grace_s=1.0)
 
 
 def test_a_stream_the_client_half_closes_ends_after_its_last_answer():
@@ -337,9 +360,9 @@ def test_a_stream_the_client_half_closes_ends_after_its_last_answer():
             stream = bidder_pb2_grpc.BidderServiceStub(channel).BidStream(iter(requests), timeout=10)
             requests.send(bid_request("r1"), bid_request("r2"))
             requests.finish()
-            assert sorted(a.request_id for a in stream) == ["r1", "r2"]
+            assert sorted(a.request_id for a in results_of(stream)) == ["r1", "r2"]
             assert stream.code() == grpc.StatusCode.OK
-        assert wait_for(lambda: not _stream_readers(), timeout_s=5)
+        assert wait_for(lambda: _streams_ended(running) == {"OK": 1.0}, timeout_s=5)
     finally:
         running.stop(grace_s=1.0)
 
@@ -351,13 +374,12 @@ def test_graceful_stop_does_not_hang_on_an_open_stream():
         requests = Requests()
         stream = bidder_pb2_grpc.BidderServiceStub(channel).BidStream(iter(requests), timeout=30)
         requests.send(bid_request("r1"))
-        assert next(stream).request_id == "r1"
+        assert next(stream).results[0].request_id == "r1"
         started = time.monotonic()
         running.stop(grace_s=1.0)  # the client never closes its side
         assert time.monotonic() - started < 4.0
         with pytest.raises(grpc.RpcError):
             next(stream)
-        assert wait_for(lambda: not _stream_readers(), timeout_s=5)
     finally:
         requests.finish()
         channel.close()

@@ -210,7 +210,7 @@ def test_notices_still_batching_at_shutdown_are_delivered_before_the_exchange_st
 
 class ScriptedBidder(bidder_pb2_grpc.BidderServiceServicer):
     """Bids twice each Imp's floor; on a stream, holds answers until `hold`
-    requests have arrived, then answers them newest first."""
+    requests have arrived, then answers them newest first, one per message."""
 
     def __init__(self, hold: int = 1):
         self.hold = hold
@@ -226,11 +226,12 @@ class ScriptedBidder(bidder_pb2_grpc.BidderServiceServicer):
     def BidStream(self, request_iterator, context):
         self.streams_opened += 1
         held = []
-        for item in request_iterator:
-            held.append(item.request)
+        for message in request_iterator:
+            held.extend(message.items)
             if len(held) >= self.hold:
                 for request in reversed(held):
-                    yield bidder_pb2.BidStreamResponse(request_id=request.id, response=self._answer(request))
+                    yield bidder_pb2.BidStreamResponse(results=[
+                        bidder_pb2.BidStreamResult(request_id=request.id, response=self._answer(request))])
                 held = []
 
     def NotifyWins(self, request, context):

@@ -40,8 +40,8 @@ def test_every_problem_is_reported_together():
             "server": {"grpc_port": 70000, "bogus": 1},
             "dsp": {"seat": ""},
             "campaigns": [{"id": "", "advertiser_domain": "a", "bid_micros": -1, "sizes": ["big"]}],
-        }, env={"ADCHAIN_SERVER_MAX_WORKERS": "many"})
+        }, env={"ADCHAIN_SERVER_MAX_CONCURRENT_RPCS": "many"})
     problems = "\n".join(raised.value.problems)
-    for expected in ("server.bogus: unknown setting", "ADCHAIN_SERVER_MAX_WORKERS", "server.grpc_port",
+    for expected in ("server.bogus: unknown setting", "ADCHAIN_SERVER_MAX_CONCURRENT_RPCS", "server.grpc_port",
                      "dsp.seat", "campaigns.0.id", "campaigns.0.bid_micros", "campaigns.0.sizes"):
         assert expected in problems

@@ -64,10 +64,10 @@ class _Streaming(bidder_pb2_grpc.BidderServiceServicer):
         yield bidder_pb2.BidderServiceListImpressionsResponse()
         raise InvalidArgument("page", "refused mid-stream")
 
-    def BidStream(self, request_iterator, context):
-        for _request in request_iterator:
+    async def BidStream(self, request_iterator, context):
+        async for _request in request_iterator:
             raise RuntimeError("unexpected")
-        yield from ()
+            yield bidder_pb2.BidStreamResponse()
 
 
 def _serve_streaming():

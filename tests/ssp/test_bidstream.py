@@ -4,7 +4,7 @@ DSP answered it."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 
 from adchain.v1 import openrtb_pb2
@@ -17,9 +17,9 @@ def bid_requests(*tmax_ms: int) -> list[openrtb_pb2.BidRequest]:
     return [openrtb_pb2.BidRequest(id=f"a{i}", tmax=t) for i, t in enumerate(tmax_ms)]
 
 
-def sent_round(requests, forgotten: list | None = None) -> BidRound:
+def sent_round(requests, forgotten: list | None = None, clock=time.monotonic) -> BidRound:
     forgotten = [] if forgotten is None else forgotten
-    bid_round = BidRound(requests, DSPS, lambda dsp, request_id: forgotten.append((dsp, request_id)))
+    bid_round = BidRound(requests, DSPS, lambda dsp, request_id: forgotten.append((dsp, request_id)), clock)
     for i in range(len(requests)):
         bid_round.sent(i)
     return bid_round
@@ -29,59 +29,88 @@ def answered(request_id: str = "") -> Answer:
     return Answer(ANSWERED, openrtb_pb2.BidResponse(id=request_id))
 
 
+async def completed(bid_round: BidRound) -> list:
+    return [item async for item in bid_round.completed()]
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 10))
+
+
 def test_a_request_completes_as_soon_as_every_dsp_answered():
-    bid_round = sent_round(bid_requests(10_000))
-    bid_round.answer(0, "dsp-1", answered())
-    bid_round.answer(0, "dsp-2", answered())
-    started = time.monotonic()
-    ((index, answers),) = bid_round.completed()
-    assert time.monotonic() - started < 1.0  # not held to its 10 s tmax
+    async def scenario():
+        bid_round = sent_round(bid_requests(10_000))
+        bid_round.answer(0, "dsp-1", answered())
+        bid_round.answer(0, "dsp-2", answered())
+        started = time.monotonic()
+        done = await completed(bid_round)
+        return done, time.monotonic() - started
+
+    ((index, answers),), elapsed_s = run(scenario())
+    assert elapsed_s < 1.0  # not held to its 10 s tmax
     assert index == 0 and {d: a.outcome for d, a in answers.items()} == {"dsp-1": ANSWERED, "dsp-2": ANSWERED}
 
 
 def test_a_dsp_that_has_not_answered_by_tmax_is_a_timeout_and_is_forgotten():
     forgotten: list = []
-    bid_round = sent_round(bid_requests(30), forgotten)
-    bid_round.answer(0, "dsp-1", answered())
-    started = time.monotonic()
-    ((_index, answers),) = bid_round.completed()
-    assert 0.025 <= time.monotonic() - started < 1.0
+
+    async def scenario():
+        bid_round = sent_round(bid_requests(30), forgotten)
+        bid_round.answer(0, "dsp-1", answered())
+        started = time.monotonic()
+        done = await completed(bid_round)
+        return done, time.monotonic() - started
+
+    ((_index, answers),), elapsed_s = run(scenario())
+    assert 0.025 <= elapsed_s < 1.0
     assert {d: a.outcome for d, a in answers.items()} == {"dsp-1": ANSWERED, "dsp-2": TIMEOUT}
     assert forgotten == [("dsp-2", "a0")]  # its stream stops waiting for the answer
 
 
 def test_an_answer_after_tmax_is_dropped():
-    bid_round = sent_round(bid_requests(10))
-    ((_index, answers),) = bid_round.completed()
-    bid_round.answer(0, "dsp-1", answered())
-    assert {a.outcome for a in answers.values()} == {TIMEOUT}
+    async def scenario():
+        bid_round = sent_round(bid_requests(10))
+        ((_index, answers),) = await completed(bid_round)
+        bid_round.answer(0, "dsp-1", answered())
+        return answers
+
+    assert {a.outcome for a in run(scenario()).values()} == {TIMEOUT}
 
 
 def test_requests_complete_in_the_order_they_finish_each_under_its_own_tmax():
-    bid_round = sent_round(bid_requests(2_000, 40, 2_000))
-    for dsp in DSPS:
-        bid_round.answer(2, dsp, answered())
-    bid_round.answer(0, "dsp-1", answered())
-    threading.Timer(0.1, bid_round.answer, (0, "dsp-2", answered())).start()
-    order = [(index, sorted(a.outcome for a in answers.values())) for index, answers in bid_round.completed()]
-    assert order == [(2, [ANSWERED, ANSWERED]), (1, [TIMEOUT, TIMEOUT]), (0, [ANSWERED, ANSWERED])]
+    async def scenario():
+        bid_round = sent_round(bid_requests(2_000, 40, 2_000))
+        for dsp in DSPS:
+            bid_round.answer(2, dsp, answered())
+        bid_round.answer(0, "dsp-1", answered())
+        asyncio.get_running_loop().call_later(0.1, bid_round.answer, 0, "dsp-2", answered())
+        return [(index, sorted(a.outcome for a in answers.values())) for index, answers in await completed(bid_round)]
+
+    assert run(scenario()) == [(2, [ANSWERED, ANSWERED]), (1, [TIMEOUT, TIMEOUT]), (0, [ANSWERED, ANSWERED])]
 
 
 def test_the_first_answer_a_dsp_gives_is_the_one_kept():
-    bid_round = sent_round(bid_requests(1_000))
-    bid_round.answer(0, "dsp-1", Answer(ERROR))
-    bid_round.answer(0, "dsp-1", answered())
-    bid_round.answer(0, "dsp-2", answered())
-    ((_index, answers),) = bid_round.completed()
-    assert answers["dsp-1"].outcome == ERROR
+    async def scenario():
+        bid_round = sent_round(bid_requests(1_000))
+        bid_round.answer(0, "dsp-1", Answer(ERROR))
+        bid_round.answer(0, "dsp-1", answered())
+        bid_round.answer(0, "dsp-2", answered())
+        ((_index, answers),) = await completed(bid_round)
+        return answers
+
+    assert run(scenario())["dsp-1"].outcome == ERROR
 
 
 def test_an_answer_that_arrives_after_tmax_is_a_timeout_even_before_the_auction_looks():
     now = [0.0]
-    bid_round = BidRound(bid_requests(100), DSPS, lambda dsp, request_id: None, clock=lambda: now[0])
-    bid_round.sent(0)
-    bid_round.answer(0, "dsp-1", answered())
-    now[0] = 0.101  # dsp-2 answers 101 ms after the request left
-    bid_round.answer(0, "dsp-2", answered())
-    ((_index, answers),) = bid_round.completed()
-    assert {d: a.outcome for d, a in answers.items()} == {"dsp-1": ANSWERED, "dsp-2": TIMEOUT}
+
+    async def scenario():
+        bid_round = sent_round(bid_requests(100), clock=lambda: now[0])
+        bid_round.answer(0, "dsp-1", answered())
+        now[0] = 0.101  # dsp-2 answers 101 ms after the request left
+        bid_round.answer(0, "dsp-2", answered())
+        ((_index, answers),) = await completed(bid_round)
+        return answers
+
+    assert {d: a.outcome for d, a in run(scenario()).items()} == {"dsp-1": ANSWERED, "dsp-2": TIMEOUT}
+
