@@ -1,9 +1,11 @@
 """The benchmark's baseline: a BidderService whose Bid returns one fixed bid
-and does nothing else, served either on the roles' own stack (the runtime
-server with its interceptor, health and reflection) or on grpc.aio. What a
-role costs above it is the role's own work.
+and does nothing else, served on the roles' own stack (the runtime server:
+grpc.aio with its wrapped handlers, health and reflection), on bare grpc.aio,
+or on grpcio's threaded server (a thread pool of 16). What a role costs above
+the first is the role's own work; the other two show what the serving model
+itself costs.
 
-    python -m loadtest.baseline_server runtime|aio    prints its address, serves until killed
+    python -m loadtest.baseline_server runtime|aio|threaded    prints its address, serves until killed
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import signal
 import sys
 import threading
+from concurrent import futures
 
 import grpc
 
@@ -74,8 +77,22 @@ async def serve_aio() -> None:
     await server.stop(0)
 
 
+def serve_threaded() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    bidder_pb2_grpc.add_BidderServiceServicer_to_server(DoNothing(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"127.0.0.1:{port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(0)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["aio"]:
         asyncio.run(serve_aio())
+    elif sys.argv[1:] == ["threaded"]:
+        serve_threaded()
     else:
         serve_runtime()

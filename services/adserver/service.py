@@ -45,7 +45,7 @@ class AdServerApp:
     def __init__(self, config: AdServerConfig, context: RoleContext):
         self.ledger = AdServerLedger(context.instance, context.registry, context.clock)
         self._dsps = BidderPeers(config.dsps)
-        stubs = self._dsps.stubs
+        stubs = self._dsps.aio_stubs
         self.notices = NoticeSender(stubs, config.billing, self.ledger.record_notice)
         counter = ImpressionCounter(
             TokenCodec(config.tokens), self.ledger, frozenset(stubs), InvalidTrafficFilter(config.ivt),
@@ -60,8 +60,10 @@ class AdServerApp:
         )]
 
     def start(self) -> None:
-        self.notices.start()
+        pass
 
-    def close(self, timeout_s: float) -> None:
-        self.notices.close(timeout_s)
-        self._dsps.close()
+    async def close(self, timeout_s: float) -> None:
+        # Notices still batching or waiting to retry get one last try, and
+        # their answers, before the channels close.
+        await self.notices.close(timeout_s)
+        await self._dsps.aclose()

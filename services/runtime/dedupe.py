@@ -4,11 +4,18 @@ Keys expire when the event they guard can no longer be counted (its token or
 bid expired), so memory stays bounded by the traffic of one lifetime. A shared
 store (Redis) can replace this behind the same methods when replicas must
 agree.
+
+Millions of keys live here at full scale, so an entry is kept small: a key
+without a value maps to its expiry time alone, and expiry is tracked in
+one-second buckets (a list of keys per second) instead of a heap entry per
+key. A key is expired the moment its own time passes (every lookup checks
+it); buckets only decide when its memory is given back.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,41 +28,61 @@ class ExpiringMap:
     def __init__(self, clock: Callable[[], float] = time.time):
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, Any]] = {}
-        self._heap: list[tuple[float, str]] = []
+        # key -> expiry, or (expiry, value) for a key with a value
+        self._entries: dict[str, float | tuple[float, Any]] = {}
+        # whole second -> keys expiring within it, and a heap of those seconds
+        self._buckets: dict[int, list[str]] = {}
+        self._seconds: list[int] = []
+        self._next_prune = -math.inf
 
     def add(self, key: str, expires_at_s: float, value: Any = None) -> bool:
         """Remember `key` until `expires_at_s`; False (and no change) if it is
         already remembered."""
+        now = self._clock()
         with self._lock:
-            self._prune(self._clock())
-            if key in self._entries:
+            if now >= self._next_prune:
+                self._prune(now)
+            entry = self._entries.get(key)
+            if entry is not None and _expiry(entry) >= now:
                 return False
-            self._entries[key] = (expires_at_s, value)
-            heapq.heappush(self._heap, (expires_at_s, key))
+            self._entries[key] = float(expires_at_s) if value is None else (expires_at_s, value)
+            second = math.floor(expires_at_s)
+            bucket = self._buckets.get(second)
+            if bucket is None:
+                bucket = self._buckets[second] = []
+                heapq.heappush(self._seconds, second)
+                self._next_prune = min(self._next_prune, second + 1)
+            bucket.append(key)
             return True
 
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry[0] < self._clock():
-                return default
-            return entry[1]
+        if entry is None or _expiry(entry) < self._clock():
+            return default
+        return None if type(entry) is float else entry[1]
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
             entry = self._entries.get(key)
-            return entry is not None and entry[0] >= self._clock()
+        return entry is not None and _expiry(entry) >= self._clock()
 
     def __len__(self) -> int:
+        now = self._clock()
         with self._lock:
-            self._prune(self._clock())
-            return len(self._entries)
+            self._prune(now)
+            return sum(1 for entry in self._entries.values() if _expiry(entry) >= now)
 
     def _prune(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] < now:
-            expires_at, key = heapq.heappop(heap)
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] == expires_at:
-                del self._entries[key]
+        """Forget the keys of every second that has wholly passed."""
+        seconds, buckets, entries = self._seconds, self._buckets, self._entries
+        while seconds and seconds[0] + 1 <= now:
+            for key in buckets.pop(heapq.heappop(seconds)):
+                entry = entries.get(key)
+                if entry is not None and _expiry(entry) < now:  # not added again since, with a later expiry
+                    del entries[key]
+        self._next_prune = seconds[0] + 1 if seconds else math.inf
+
+
+def _expiry(entry: float | tuple[float, Any]) -> float:
+    return entry if type(entry) is float else entry[0]

@@ -18,11 +18,10 @@ retry after a lost acknowledgement never bills twice.
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import heapq
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -31,7 +30,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2
 
 from adchain.v1 import bidder_pb2, bidder_pb2_grpc
-from services.runtime.batching import PeerBatcher
+from services.runtime.batching import Calls, PeerBatcher
 from services.runtime.config import RetrySettings
 
 log = logging.getLogger(__name__)
@@ -47,6 +46,18 @@ UNARY_FALLBACK_S = 300.0
 # (seat, kind, request), as a counting role hands them over.
 Notice = tuple[str, str, Message]
 Record = Callable[[str, str, int], None]
+
+
+def fail_unsettled(unsettled: collections.Counter[str], record: Record) -> int:
+    """At shutdown, once the calls still unanswered were cancelled: count the
+    notices in `unsettled` (by kind) as failed, since they never landed, and
+    empty it. Returns how many there were."""
+    for kind, n in unsettled.items():
+        if n:
+            record(kind, "failed", n)
+    left = unsettled.total()
+    unsettled.clear()
+    return left
 
 
 class _Pending:
@@ -70,44 +81,39 @@ class _Outcomes:
     def add(self, kind: str, outcome: str) -> None:
         self._counts[(kind, outcome)] += 1
 
-    def record(self, record: Record) -> None:
-        for (kind, outcome), n in self._counts.items():
-            record(kind, outcome, n)
+    def items(self):
+        return self._counts.items()
 
 
 class NoticeSender:
     """Delivers notices to DSPs by seat: `submit(seat, kind, request)`, where
-    kind "billing" goes to NotifyBillings and any other kind to NotifyEvents."""
+    kind "billing" goes to NotifyBillings and any other kind to NotifyEvents.
+
+    Runs on the role's event loop: `submit`, `submit_many` and `pending` are
+    plain calls from the loop, the calls are grpc.aio calls in tasks, and a
+    retry waits on a loop timer."""
 
     def __init__(self, stubs: Mapping[str, bidder_pb2_grpc.BidderServiceStub], settings: RetrySettings,
                  record: Record, clock: Callable[[], float] = time.monotonic):
-        """`record(kind, outcome, n)` is called with outcome "sent", "retried"
-        or "failed" and how many notices had it."""
+        """`stubs` are grpc.aio stubs on the role's loop. `record(kind,
+        outcome, n)` is called with outcome "sent", "retried" or "failed" and
+        how many notices had it."""
         self._stubs = dict(stubs)
         self._settings = settings
         self._record = record
         self._clock = clock
         self._timeout_s = settings.timeout_ms / 1000.0
         self._batcher: PeerBatcher[_Pending] = PeerBatcher(
-            self._flush, max_items=settings.batch_max_items, max_delay_ms=settings.batch_max_delay_ms,
-            name="dsp-notices", clock=clock)
-        self._cond = threading.Condition(threading.Lock())
-        # Notices submitted and not yet sent or failed.
-        self._unsettled = 0
-        # Notices in the batcher, not yet handed to a call, by kind.
-        self._queued: dict[str, int] = collections.defaultdict(int)
-        # (retry at, seq, seat, pending): notices waiting out their retry interval.
-        self._retries: list[tuple[float, int, str, _Pending]] = []
-        self._seq = itertools.count()
+            self._flush, max_items=settings.batch_max_items, max_delay_ms=settings.batch_max_delay_ms)
+        self._calls = Calls()
+        # Notices submitted and not yet sent or failed, by kind.
+        self._unsettled: collections.Counter[str] = collections.Counter()
+        # Notices waiting out their retry interval: key -> (timer, seat, notices).
+        self._retries: dict[int, tuple[asyncio.TimerHandle, str, list[_Pending]]] = {}
+        self._retry_keys = itertools.count()
         # (seat, batch RPC name) -> until when that DSP gets unary notices instead.
         self._unary_until: dict[tuple[str, str], float] = {}
         self._closing = False
-        self._closed = False
-        self._retrier = threading.Thread(target=self._run_retries, name="dsp-notice-retries", daemon=True)
-
-    def start(self) -> None:
-        self._batcher.start()
-        self._retrier.start()
 
     def submit(self, seat: str, kind: str, notice: Message) -> None:
         self.submit_many(((seat, kind, notice),))
@@ -121,194 +127,128 @@ class NoticeSender:
             if items is None:
                 items = by_seat[seat] = []
             items.append(_Pending(kind, notice, now))
-        self._queue(by_seat, submitted=True)
-
-    def pending(self) -> int:
-        """Notices submitted and not yet sent or counted as failed."""
-        with self._cond:
-            return self._unsettled
-
-    def close(self, timeout_s: float) -> None:
-        """Give every pending notice one last try now, wait for the answers up
-        to `timeout_s`, and count what is left as failed."""
-        deadline = self._clock() + timeout_s
-        with self._cond:
-            self._closing = True  # from now on a failed call is failed, not retried
-            self._cond.notify_all()
-        if self._retrier.is_alive():
-            self._retrier.join(timeout_s)
-        with self._cond:
-            due, self._retries = self._retries, []
-        self._queue(_by_seat((seat, pending) for _at, _seq, seat, pending in due))
-        self._batcher.close(max(0.0, deadline - self._clock()))
-        with self._cond:
-            while self._unsettled and self._clock() < deadline:
-                self._cond.wait(timeout=max(0.0, deadline - self._clock()))
-            # What the batcher never handed to a call is failed now; a late
-            # flush of it finds the sender closed and sends nothing.
-            self._closed = True
-            never_sent = dict(self._queued)
-            self._queued.clear()
-            self._unsettled -= sum(never_sent.values())
-            in_flight = self._unsettled
-        for kind, n in never_sent.items():
-            if n:
-                self._record(kind, "failed", n)
-        if any(never_sent.values()) or in_flight:
-            log.warning("%d notices undelivered at shutdown (counted as failed), %d still in flight",
-                        sum(never_sent.values()), in_flight)
-
-    def _queue(self, by_seat: Mapping[str, list[_Pending]], submitted: bool = False) -> None:
-        """Into the batcher, to go out with the seat's next batch."""
-        with self._cond:
-            for items in by_seat.values():
-                if submitted:
-                    self._unsettled += len(items)
-                for pending in items:
-                    self._queued[pending.kind] += 1
+            self._unsettled[kind] += 1
         for seat, items in by_seat.items():
             self._batcher.add_many(seat, items)
 
+    def pending(self) -> int:
+        """Notices submitted and not yet sent or counted as failed."""
+        return self._unsettled.total()
+
+    async def close(self, timeout_s: float) -> None:
+        """Give every pending notice one last try now, wait for the answers up
+        to `timeout_s`, and count what is left as failed."""
+        self._closing = True  # from now on a failed call is failed, not retried
+        retries, self._retries = self._retries, {}
+        for timer, seat, items in retries.values():
+            timer.cancel()
+            self._batcher.add_many(seat, items)
+        self._batcher.drain()
+        await self._calls.wait(timeout_s)
+        left = fail_unsettled(self._unsettled, self._record)
+        if left:
+            log.warning("%d notices unanswered at shutdown, counted as failed", left)
+
     def _flush(self, seat: str, items: list[_Pending]) -> None:
-        """On the batcher's thread: start one seat's calls, one per RPC."""
-        with self._cond:
-            if self._closed:  # counted as failed by close
-                return
-            for pending in items:
-                self._queued[pending.kind] -= 1
-        if seat not in self._stubs:
+        """Start one seat's calls, one per RPC."""
+        stub = self._stubs.get(seat)
+        if stub is None:
             log.error("%d notices for %s, a DSP this role has no address for", len(items), seat)
             outcomes = _Outcomes()
             for pending in items:
                 outcomes.add(pending.kind, "failed")
-            self._settle(len(items))
-            outcomes.record(self._record)
+            self._settle(outcomes)
             return
         billing = [p for p in items if p.kind == "billing"]
         events = [p for p in items if p.kind != "billing"]
         for rpc, batch in (("NotifyBillings", billing), ("NotifyEvents", events)):
             if batch:
-                self._start(seat, rpc, batch)
+                self._calls.start(self._send(seat, stub, rpc, batch))
 
-    def _start(self, seat: str, rpc: str, items: list[_Pending]) -> None:
-        try:
-            self._call(seat, rpc, items)
-        except Exception:  # a call that could not start (a closed channel) is a failed call
-            log.exception("starting %s to %s failed", rpc, seat)
-            outcomes = _Outcomes()
-            self._settle(self._reschedule(seat, items, outcomes))
-            outcomes.record(self._record)
-
-    def _call(self, seat: str, rpc: str, items: list[_Pending]) -> None:
-        stub = self._stubs[seat]
+    async def _send(self, seat: str, stub: bidder_pb2_grpc.BidderServiceStub, rpc: str,
+                    items: list[_Pending]) -> None:
         if self._unary_until.get((seat, rpc), 0.0) > self._clock():
-            for pending in items:
-                self._call_unary(seat, stub, pending)
+            await asyncio.gather(*(self._send_one(seat, stub, pending) for pending in items))
             return
-        request = BATCH_REQUESTS[rpc](items=[p.request for p in items])
-        call = getattr(stub, rpc).future(request, timeout=self._timeout_s)
-        call.add_done_callback(lambda answered: self._answered(answered, seat, rpc, items))
-
-    def _answered(self, call: grpc.Future, seat: str, rpc: str, items: list[_Pending]) -> None:
-        error = call.exception()
         outcomes = _Outcomes()
         retry: list[_Pending] = []
-        settled = 0
-        if error is None:
-            results = call.result().results
+        request = BATCH_REQUESTS[rpc](items=[p.request for p in items])
+        try:
+            response = await getattr(stub, rpc)(request, timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                log.warning("%s does not serve %s; sending its notices one call each for %.0f s", seat, rpc,
+                            UNARY_FALLBACK_S)
+                self._unary_until[(seat, rpc)] = self._clock() + UNARY_FALLBACK_S
+                await self._send(seat, stub, rpc, items)
+                return
+            if error.code() in PERMANENT_CODES:
+                log.error("%d notices refused by %s (%s): %s", len(items), seat, rpc, error.details())
+                for pending in items:
+                    outcomes.add(pending.kind, "failed")
+            else:
+                retry = items
+        except Exception:  # a call that could not start (a closed channel) is a failed call
+            log.exception("%s to %s failed", rpc, seat)
+            retry = items
+        else:
+            results = response.results
             for i, pending in enumerate(items):
                 status = results[i].status if i < len(results) else None
                 if status is not None and status.code == code_pb2.OK:
                     outcomes.add(pending.kind, "sent")
-                    settled += 1
                 elif status is not None and status.code in PERMANENT_ITEM_CODES:
                     log.error("%s notice for %s refused by %s: %s: %s", pending.kind, pending.request.impression_key,
                               seat, status.field, status.message)
                     outcomes.add(pending.kind, "failed")
-                    settled += 1
                 else:  # an item the DSP failed to judge (INTERNAL), or one it did not answer
                     retry.append(pending)
-        elif error.code() == grpc.StatusCode.UNIMPLEMENTED:
-            log.warning("%s does not serve %s; sending its notices one call each for %.0f s", seat, rpc,
-                        UNARY_FALLBACK_S)
-            self._unary_until[(seat, rpc)] = self._clock() + UNARY_FALLBACK_S
-            self._start(seat, rpc, items)
-            return
-        elif error.code() in PERMANENT_CODES:
-            log.error("%d notices refused by %s (%s): %s", len(items), seat, rpc, error.details())
-            for pending in items:
-                outcomes.add(pending.kind, "failed")
-            settled = len(items)
-        else:
-            retry = items
-        settled += self._reschedule(seat, retry, outcomes)
-        self._settle(settled)
-        outcomes.record(self._record)
+        self._reschedule(seat, retry, outcomes)
+        self._settle(outcomes)
 
-    def _call_unary(self, seat: str, stub: bidder_pb2_grpc.BidderServiceStub, pending: _Pending) -> None:
+    async def _send_one(self, seat: str, stub: bidder_pb2_grpc.BidderServiceStub, pending: _Pending) -> None:
         method = stub.NotifyBilling if pending.kind == "billing" else stub.NotifyEvent
-        call = method.future(pending.request, timeout=self._timeout_s)
-        call.add_done_callback(lambda answered: self._answered_unary(answered, seat, pending))
-
-    def _answered_unary(self, call: grpc.Future, seat: str, pending: _Pending) -> None:
-        error = call.exception()
         outcomes = _Outcomes()
-        settled = 1
-        if error is None:
-            outcomes.add(pending.kind, "sent")
-        elif error.code() in PERMANENT_CODES:
-            log.error("%s notice for %s refused by %s: %s", pending.kind, pending.request.impression_key, seat,
-                      error.details())
-            outcomes.add(pending.kind, "failed")
+        try:
+            await method(pending.request, timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            if error.code() in PERMANENT_CODES:
+                log.error("%s notice for %s refused by %s: %s", pending.kind, pending.request.impression_key, seat,
+                          error.details())
+                outcomes.add(pending.kind, "failed")
+            else:
+                self._reschedule(seat, [pending], outcomes)
+        except Exception:  # as for a batch: a call that could not start is a failed call
+            log.exception("%s notice to %s failed", pending.kind, seat)
+            self._reschedule(seat, [pending], outcomes)
         else:
-            settled = self._reschedule(seat, [pending], outcomes)
-        self._settle(settled)
-        outcomes.record(self._record)
+            outcomes.add(pending.kind, "sent")
+        self._settle(outcomes)
 
-    def _reschedule(self, seat: str, items: list[_Pending], outcomes: _Outcomes) -> int:
+    def _reschedule(self, seat: str, items: list[_Pending], outcomes: _Outcomes) -> None:
         """Put notices whose call failed back on the retry schedule while their
-        window lasts; the others are failed. Returns how many were failed."""
-        if not items:
-            return 0
-        now = self._clock()
-        retry_at = now + self._settings.retry_interval_s
-        failed = 0
-        with self._cond:
-            for pending in items:
-                if not self._closing and retry_at <= pending.first_try_s + self._settings.retry_for_s:
-                    heapq.heappush(self._retries, (retry_at, next(self._seq), seat, pending))
-                    outcomes.add(pending.kind, "retried")
-                else:
-                    outcomes.add(pending.kind, "failed")
-                    failed += 1
-            self._cond.notify_all()
-        return failed
+        window lasts (they rejoin the seat's batch when the timer fires); the
+        others are failed."""
+        retry_at = self._clock() + self._settings.retry_interval_s
+        again: list[_Pending] = []
+        for pending in items:
+            if not self._closing and retry_at <= pending.first_try_s + self._settings.retry_for_s:
+                again.append(pending)
+                outcomes.add(pending.kind, "retried")
+            else:
+                outcomes.add(pending.kind, "failed")
+        if again:
+            key = next(self._retry_keys)
+            timer = asyncio.get_running_loop().call_later(self._settings.retry_interval_s, self._retry, key)
+            self._retries[key] = (timer, seat, again)
 
-    def _settle(self, n: int) -> None:
-        with self._cond:
-            self._unsettled -= n
-            self._cond.notify_all()
+    def _retry(self, key: int) -> None:
+        _timer, seat, items = self._retries.pop(key)
+        self._batcher.add_many(seat, items)
 
-    def _run_retries(self) -> None:
-        """Hands notices back to the batcher as their retries fall due."""
-        while True:
-            with self._cond:
-                while True:
-                    if self._closing:
-                        return
-                    now = self._clock()
-                    if self._retries and self._retries[0][0] <= now:
-                        break
-                    self._cond.wait(timeout=(self._retries[0][0] - now) if self._retries else 0.5)
-                due = []
-                while self._retries and self._retries[0][0] <= now:
-                    _at, _seq, seat, pending = heapq.heappop(self._retries)
-                    due.append((seat, pending))
-            self._queue(_by_seat(due))
-
-
-def _by_seat(notices: Iterable[tuple[str, _Pending]]) -> dict[str, list[_Pending]]:
-    by_seat: dict[str, list[_Pending]] = {}
-    for seat, pending in notices:
-        by_seat.setdefault(seat, []).append(pending)
-    return by_seat
+    def _settle(self, outcomes: _Outcomes) -> None:
+        """Record one call's outcomes; its sent and failed notices are settled."""
+        for (kind, outcome), n in outcomes.items():
+            if outcome != "retried":
+                self._unsettled[kind] -= n
+            self._record(kind, outcome, n)

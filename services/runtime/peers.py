@@ -1,9 +1,9 @@
 """Channels to the DSPs a role calls (the exchange for bids and notices, the
 ad server and the verifier for notices), opened once and closed together.
 
-`stubs` are for the notice senders, which run on their own threads; the
-exchange's bid streams run on its event loop and use `aio_stubs` (opened when
-first asked for, on the loop)."""
+They are grpc.aio channels on the role's event loop, where every caller of a
+DSP runs: the exchange's bid streams and the notice senders. They open when
+`aio_stubs` is first read, which must be on the loop."""
 
 from __future__ import annotations
 
@@ -22,9 +22,6 @@ MESSAGE_LIMIT_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
 class BidderPeers:
     def __init__(self, peers: Sequence[Peer]):
         self._addresses = {p.name: p.address for p in peers}
-        self._channels = {name: grpc.insecure_channel(address, options=MESSAGE_LIMIT_OPTIONS)
-                          for name, address in self._addresses.items()}
-        self.stubs = {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._channels.items()}
         self._aio_channels: dict[str, grpc.aio.Channel] = {}
 
     @property
@@ -34,11 +31,6 @@ class BidderPeers:
                                   for name, address in self._addresses.items()}
         return {name: bidder_pb2_grpc.BidderServiceStub(ch) for name, ch in self._aio_channels.items()}
 
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-
     async def aclose(self) -> None:
-        self.close()
         for channel in self._aio_channels.values():
             await channel.close()

@@ -58,11 +58,12 @@ class RoleApp(Protocol):
     servicers: Sequence[Servicer]
 
     def start(self) -> None:
-        """Start background work (e.g. notice senders) once serving."""
+        """Start background work once serving (on the role's loop)."""
 
     def close(self, timeout_s: float) -> None:
-        """Flush and stop background work after the server stopped (on the
-        role's loop; may be a coroutine)."""
+        """Flush and stop background work (notices still batching or waiting
+        to retry) after the server stopped (on the role's loop; may be a
+        coroutine)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,7 +88,7 @@ class SspApp:
         self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock)
         self._dsps = BidderPeers(config.dsps)
         self._bids = BidStreams(self._dsps.aio_stubs, opened=self.ledger.record_bid_stream_opened)
-        self._notices = NoticeBatches(self._dsps.stubs, config.exchange, self.ledger.record_notice)
+        self._notices = NoticeBatches(self._dsps.aio_stubs, config.exchange, self.ledger.record_notice)
         self.exchange = exchange = Exchange(config.exchange, self._bids, self._notices, TokenCodec(config.tokens),
                                             self.ledger, context.clock)
         self.servicers = [Servicer(
@@ -97,13 +97,13 @@ class SspApp:
         )]
 
     def start(self) -> None:
-        self._notices.start()
+        pass
 
     async def close(self, timeout_s: float) -> None:
         # Win and loss notices still batching go out now, and get their
         # answers, before the channels close.
-        left = self._notices.drain(timeout_s)
+        left = await self._notices.drain(timeout_s)
         if left:
-            log.warning("%d win/loss notices still in flight at shutdown", left)
+            log.warning("%d win/loss notices unanswered at shutdown, counted as failed", left)
         await self._bids.close()
         await self._dsps.aclose()

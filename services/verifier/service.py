@@ -169,7 +169,7 @@ class VerifierApp:
         viewability.warm()
         log.info("%s: viewability kernels ready in %.2fs", context.instance, time.perf_counter() - started)
         self._dsps = BidderPeers(config.dsps)
-        stubs = self._dsps.stubs
+        stubs = self._dsps.aio_stubs
         self.notices = NoticeSender(stubs, config.notices, self.ledger.record_notice)
         # A token naming a DSP the verifier does not know is still measured; only the notice is skipped.
         notify = (lambda notices: self.notices.submit_many(n for n in notices if n[0] in stubs))
@@ -182,8 +182,10 @@ class VerifierApp:
         )]
 
     def start(self) -> None:
-        self.notices.start()
+        pass
 
-    def close(self, timeout_s: float) -> None:
-        self.notices.close(timeout_s)
-        self._dsps.close()
+    async def close(self, timeout_s: float) -> None:
+        # Notices still batching or waiting to retry get one last try, and
+        # their answers, before the channels close.
+        await self.notices.close(timeout_s)
+        await self._dsps.aclose()

@@ -1,11 +1,15 @@
 """Billing and event notices to DSPs, per seat in batches: flushed at a size
 or after a delay, a verdict per item, and the retry schedule for a call the
-DSP could not take. Against a small BidderService on a real gRPC server."""
+DSP could not take. The sender runs on an event loop with grpc.aio stubs,
+against a small BidderService on a real gRPC server."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -17,22 +21,29 @@ from services.adserver.settings import AdServerConfig
 from services.runtime.config import ConfigError, RetrySettings, from_mapping
 from services.runtime.notices import NoticeSender
 from services.verifier.settings import VerifierConfig
-from tests.conftest import TOKENS, wait_for
+from tests.conftest import TOKENS
 
 
 class Dsp(bidder_pb2_grpc.BidderServiceServicer):
     """Takes notice batches and remembers them. `down` calls answer
     UNAVAILABLE first; impression keys in `refuse` get a NOT_FOUND item;
-    with `batches=False` it serves only the unary notices (UNIMPLEMENTED)."""
+    with `batches=False` it serves only the unary notices (UNIMPLEMENTED);
+    every call takes `stall_s` to answer (`stalled` is set once one waits)."""
 
-    def __init__(self, down: int = 0, refuse: frozenset[str] = frozenset(), batches: bool = True):
+    def __init__(self, down: int = 0, refuse: frozenset[str] = frozenset(), batches: bool = True,
+                 stall_s: float = 0.0):
         self.down = down
         self.refuse = refuse
         self.batches_served = batches
+        self.stall_s = stall_s
+        self.stalled = threading.Event()
         self.calls: list[tuple[str, list[str]]] = []  # (rpc, impression keys)
         self._lock = threading.Lock()
 
     def _take(self, rpc: str, items, context) -> list[batch_pb2.ItemStatus]:
+        if self.stall_s:
+            self.stalled.set()
+            time.sleep(self.stall_s)
         with self._lock:
             if self.down > 0:
                 self.down -= 1
@@ -72,16 +83,13 @@ class Outcomes:
     def __init__(self):
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.calls = 0
-        self._lock = threading.Lock()
 
     def __call__(self, kind: str, outcome: str, n: int) -> None:
-        with self._lock:
-            self.counts[(kind, outcome)] += n
-            self.calls += 1
+        self.counts[(kind, outcome)] += n
+        self.calls += 1
 
     def __getitem__(self, key: tuple[str, str]) -> int:
-        with self._lock:
-            return self.counts[key]
+        return self.counts[key]
 
 
 @pytest.fixture
@@ -101,23 +109,33 @@ def serve():
         server.stop(0)
 
 
-@pytest.fixture
-def sender_for():
-    made = []
+def run(coroutine) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, 30))
 
-    def make(address: str, outcomes: Outcomes, **settings) -> NoticeSender:
-        channel = grpc.insecure_channel(address)
-        sender = NoticeSender({"dsp-1": bidder_pb2_grpc.BidderServiceStub(channel)},
-                              RetrySettings(**{"retry_interval_s": 0.05, "retry_for_s": 5.0, "timeout_ms": 1000,
-                                               **settings}), outcomes)
-        sender.start()
-        made.append((sender, channel))
-        return sender
 
-    yield make
-    for sender, channel in made:
-        sender.close(1.0)
-        channel.close()
+async def eventually(predicate, timeout_s: float = 5.0) -> bool:
+    """Whether `predicate` holds within `timeout_s`, letting the loop run meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+@contextlib.asynccontextmanager
+async def sending(address: str, outcomes: Outcomes, **settings):
+    """A sender to "dsp-1" at `address` on the running loop, closed (its
+    last tries made) on the way out."""
+    channel = grpc.aio.insecure_channel(address)
+    sender = NoticeSender({"dsp-1": bidder_pb2_grpc.BidderServiceStub(channel)},
+                          RetrySettings(**{"retry_interval_s": 0.05, "retry_for_s": 5.0, "timeout_ms": 1000,
+                                           **settings}), outcomes)
+    try:
+        yield sender
+    finally:
+        await sender.close(1.0)
+        await channel.close()
 
 
 def billing(key: str) -> bidder_pb2.NotifyBillingRequest:
@@ -129,105 +147,155 @@ def click(key: str) -> bidder_pb2.NotifyEventRequest:
     return bidder_pb2.NotifyEventRequest(kind=bidder_pb2.EVENT_KIND_CLICK, impression_key=key, campaign_id="c")
 
 
-def test_a_batch_is_sent_as_soon_as_it_reaches_max_items(serve, sender_for):
+def test_a_batch_is_sent_as_soon_as_it_reaches_max_items(serve):
     dsp, outcomes = Dsp(), Outcomes()
-    sender = sender_for(serve(dsp), outcomes, batch_max_items=3, batch_max_delay_ms=60_000)
-    for key in ("a", "b", "c"):
-        sender.submit("dsp-1", "billing", billing(key))
-    assert wait_for(lambda: outcomes["billing", "sent"] == 3, timeout_s=2.0)  # long before the minute
-    assert dsp.calls == [("NotifyBillings", ["a", "b", "c"])]
-    sender.submit("dsp-1", "billing", billing("d"))
-    assert not wait_for(lambda: outcomes["billing", "sent"] == 4, timeout_s=0.3)  # waits for its batch to fill
-    assert sender.pending() == 1
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_items=3, batch_max_delay_ms=60_000) as sender:
+            for key in ("a", "b", "c"):
+                sender.submit("dsp-1", "billing", billing(key))
+            assert await eventually(lambda: outcomes["billing", "sent"] == 3, timeout_s=2.0)  # long before the minute
+            assert dsp.calls == [("NotifyBillings", ["a", "b", "c"])]
+            sender.submit("dsp-1", "billing", billing("d"))
+            assert not await eventually(lambda: outcomes["billing", "sent"] == 4, timeout_s=0.3)  # waits to fill
+            assert sender.pending() == 1
+
+    run(scenario())
 
 
-def test_a_partial_batch_is_sent_after_max_delay(serve, sender_for):
+def test_a_partial_batch_is_sent_after_max_delay(serve):
     dsp, outcomes = Dsp(), Outcomes()
-    sender = sender_for(serve(dsp), outcomes, batch_max_items=100, batch_max_delay_ms=30)
-    sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "billing", billing("b"))])
-    assert wait_for(lambda: outcomes["billing", "sent"] == 2)
-    assert dsp.calls == [("NotifyBillings", ["a", "b"])]
-    assert outcomes.calls == 1  # one record of (billing, sent) for the batch, not one per notice
-    assert sender.pending() == 0
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_items=100, batch_max_delay_ms=30) as sender:
+            sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "billing", billing("b"))])
+            assert await eventually(lambda: outcomes["billing", "sent"] == 2)
+            assert dsp.calls == [("NotifyBillings", ["a", "b"])]
+            assert outcomes.calls == 1  # one record of (billing, sent) for the batch, not one per notice
+            assert sender.pending() == 0
+
+    run(scenario())
 
 
-def test_billing_notices_go_to_notify_billings_and_events_to_notify_events(serve, sender_for):
+def test_billing_notices_go_to_notify_billings_and_events_to_notify_events(serve):
     dsp, outcomes = Dsp(), Outcomes()
-    sender = sender_for(serve(dsp), outcomes, batch_max_delay_ms=10)
-    sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "click", click("a")),
-                        ("dsp-1", "billing", billing("b"))])
-    assert wait_for(lambda: sender.pending() == 0)
-    assert sorted(dsp.calls) == [("NotifyBillings", ["a", "b"]), ("NotifyEvents", ["a"])]
-    assert (outcomes["billing", "sent"], outcomes["click", "sent"]) == (2, 1)
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_delay_ms=10) as sender:
+            sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "click", click("a")),
+                                ("dsp-1", "billing", billing("b"))])
+            assert await eventually(lambda: sender.pending() == 0)
+            assert sorted(dsp.calls) == [("NotifyBillings", ["a", "b"]), ("NotifyEvents", ["a"])]
+            assert (outcomes["billing", "sent"], outcomes["click", "sent"]) == (2, 1)
+
+    run(scenario())
 
 
-def test_a_batch_the_dsp_could_not_take_is_retried_then_sent(serve, sender_for):
+def test_a_batch_the_dsp_could_not_take_is_retried_then_sent(serve):
     dsp, outcomes = Dsp(down=2), Outcomes()
-    sender = sender_for(serve(dsp), outcomes, batch_max_delay_ms=5)
-    sender.submit_many([("dsp-1", "billing", billing(key)) for key in ("a", "b", "c")])
-    assert wait_for(lambda: outcomes["billing", "sent"] == 3)
-    # Every notice of a failed call goes back on the schedule: twice each.
-    assert outcomes["billing", "retried"] == 6
-    assert outcomes["billing", "failed"] == 0
-    assert dsp.keys() == ["a", "b", "c"]
-    assert sender.pending() == 0
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_delay_ms=5) as sender:
+            sender.submit_many([("dsp-1", "billing", billing(key)) for key in ("a", "b", "c")])
+            assert await eventually(lambda: outcomes["billing", "sent"] == 3)
+            # Every notice of a failed call goes back on the schedule: twice each.
+            assert outcomes["billing", "retried"] == 6
+            assert outcomes["billing", "failed"] == 0
+            assert dsp.keys() == ["a", "b", "c"]
+            assert sender.pending() == 0
+
+    run(scenario())
 
 
-def test_a_refused_item_fails_while_the_rest_of_its_batch_is_sent(serve, sender_for, caplog):
+def test_a_refused_item_fails_while_the_rest_of_its_batch_is_sent(serve, caplog):
     dsp, outcomes = Dsp(refuse=frozenset({"b"})), Outcomes()
-    sender = sender_for(serve(dsp), outcomes, batch_max_delay_ms=5)
-    sender.submit_many([("dsp-1", "billing", billing(key)) for key in ("a", "b", "c")])
-    assert wait_for(lambda: sender.pending() == 0)
-    assert (outcomes["billing", "sent"], outcomes["billing", "failed"], outcomes["billing", "retried"]) == (2, 1, 0)
-    assert dsp.calls == [("NotifyBillings", ["a", "b", "c"])]  # never retried: retrying cannot help
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_delay_ms=5) as sender:
+            sender.submit_many([("dsp-1", "billing", billing(key)) for key in ("a", "b", "c")])
+            assert await eventually(lambda: sender.pending() == 0)
+            assert (outcomes["billing", "sent"], outcomes["billing", "failed"],
+                    outcomes["billing", "retried"]) == (2, 1, 0)
+            assert dsp.calls == [("NotifyBillings", ["a", "b", "c"])]  # never retried: retrying cannot help
+
+    run(scenario())
     assert any("b" in r.getMessage() and "campaign_id" in r.getMessage() for r in caplog.records)
 
 
-def test_notices_are_failed_when_their_retry_window_closes(serve, sender_for):
+def test_notices_are_failed_when_their_retry_window_closes(serve):
     dsp, outcomes = Dsp(down=1_000), Outcomes()
-    sender = sender_for(serve(dsp), outcomes, batch_max_delay_ms=5, retry_interval_s=0.05, retry_for_s=0.2)
-    sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "billing", billing("b"))])
-    assert wait_for(lambda: outcomes["billing", "failed"] == 2)
-    # Retried while a next try fits in the window (at most 0.2 / 0.05 times), both notices alike.
-    assert 2 <= outcomes["billing", "retried"] <= 8 and outcomes["billing", "retried"] % 2 == 0
-    assert outcomes["billing", "sent"] == 0
-    assert sender.pending() == 0
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_delay_ms=5, retry_interval_s=0.05,
+                           retry_for_s=0.2) as sender:
+            sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "billing", billing("b"))])
+            assert await eventually(lambda: outcomes["billing", "failed"] == 2)
+            # Retried while a next try fits in the window (at most 0.2 / 0.05 times), both notices alike.
+            assert 2 <= outcomes["billing", "retried"] <= 8 and outcomes["billing", "retried"] % 2 == 0
+            assert outcomes["billing", "sent"] == 0
+            assert sender.pending() == 0
+
+    run(scenario())
 
 
 def test_close_gives_every_pending_notice_one_last_try(serve):
     dsp, outcomes = Dsp(down=1), Outcomes()
-    with grpc.insecure_channel(serve(dsp)) as channel:
-        sender = NoticeSender({"dsp-1": bidder_pb2_grpc.BidderServiceStub(channel)},
-                              RetrySettings(retry_interval_s=60.0, retry_for_s=600.0, batch_max_delay_ms=5), outcomes)
-        sender.start()
-        sender.submit("dsp-1", "billing", billing("a"))
-        assert wait_for(lambda: outcomes["billing", "retried"] == 1)  # next try a minute away
-        sender.close(2.0)
-    assert outcomes["billing", "sent"] == 1
-    assert sender.pending() == 0
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, retry_interval_s=60.0, retry_for_s=600.0,
+                           batch_max_delay_ms=5) as sender:
+            sender.submit("dsp-1", "billing", billing("a"))
+            assert await eventually(lambda: outcomes["billing", "retried"] == 1)  # next try a minute away
+            await sender.close(2.0)
+            assert outcomes["billing", "sent"] == 1
+            assert sender.pending() == 0
+
+    run(scenario())
 
 
 def test_close_counts_what_is_left_as_failed():
     outcomes = Outcomes()
-    with grpc.insecure_channel("127.0.0.1:1") as channel:  # nothing listens there
-        sender = NoticeSender({"dsp-1": bidder_pb2_grpc.BidderServiceStub(channel)},
-                              RetrySettings(retry_interval_s=60.0, retry_for_s=600.0, batch_max_delay_ms=5,
-                                            timeout_ms=200), outcomes)
-        sender.start()
-        sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "click", click("a"))])
-        assert wait_for(lambda: outcomes["billing", "retried"] == 1 and outcomes["click", "retried"] == 1)
-        sender.close(1.0)
-    assert (outcomes["billing", "failed"], outcomes["click", "failed"]) == (1, 1)
-    assert sender.pending() == 0
+
+    async def scenario():
+        async with sending("127.0.0.1:1", outcomes, retry_interval_s=60.0, retry_for_s=600.0,  # nothing listens
+                           batch_max_delay_ms=5, timeout_ms=200) as sender:
+            sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "click", click("a"))])
+            assert await eventually(lambda: outcomes["billing", "retried"] == 1 and outcomes["click", "retried"] == 1)
+            await sender.close(1.0)
+            assert (outcomes["billing", "failed"], outcomes["click", "failed"]) == (1, 1)
+            assert sender.pending() == 0
+
+    run(scenario())
 
 
-def test_a_dsp_without_the_batch_rpcs_gets_one_call_per_notice(serve, sender_for):
+def test_close_fails_a_notice_whose_answer_has_not_come_once_and_for_good(serve):
+    dsp, outcomes = Dsp(stall_s=1.0), Outcomes()
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_delay_ms=5, timeout_ms=5_000) as sender:
+            sender.submit("dsp-1", "billing", billing("a"))
+            assert await eventually(lambda: dsp.stalled.is_set())
+            began = time.monotonic()
+            await sender.close(0.1)
+            assert time.monotonic() - began < 0.9  # close does not wait past its timeout
+            assert sender.pending() == 0
+        await asyncio.sleep(1.2)  # the DSP's late answer finds no call waiting for it
+
+    run(scenario())
+    assert (outcomes["billing", "failed"], outcomes["billing", "sent"], outcomes["billing", "retried"]) == (1, 0, 0)
+
+
+def test_a_dsp_without_the_batch_rpcs_gets_one_call_per_notice(serve):
     dsp, outcomes = Dsp(batches=False), Outcomes()
-    sender = sender_for(serve(dsp), outcomes, batch_max_delay_ms=5)
-    sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "billing", billing("b"))])
-    assert wait_for(lambda: outcomes["billing", "sent"] == 2)
-    assert sorted(dsp.calls) == [("NotifyBilling", ["a"]), ("NotifyBilling", ["b"])]
-    assert outcomes["billing", "failed"] == 0
+
+    async def scenario():
+        async with sending(serve(dsp), outcomes, batch_max_delay_ms=5) as sender:
+            sender.submit_many([("dsp-1", "billing", billing("a")), ("dsp-1", "billing", billing("b"))])
+            assert await eventually(lambda: outcomes["billing", "sent"] == 2)
+            assert sorted(dsp.calls) == [("NotifyBilling", ["a"]), ("NotifyBilling", ["b"])]
+            assert outcomes["billing", "failed"] == 0
+
+    run(scenario())
 
 
 def test_batch_limits_are_settings_validated_with_the_others():
