@@ -35,6 +35,7 @@ import grpc
 
 from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, bidder_pb2, bidder_pb2_grpc, exchange_pb2,
                         exchange_pb2_grpc, openrtb_pb2, verifier_pb2, verifier_pb2_grpc)
+from services.runtime.peers import MESSAGE_LIMIT_OPTIONS
 
 FULL_SCALE_WON = 5_200_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -186,8 +187,7 @@ def chain_config(folder: Path, overrides: dict[str, dict]) -> Path:
 async def measure_roles(addresses: dict, pids: dict[str, int], seconds: float) -> dict:
     """Each role's unary RPC and its batch and stream RPCs, DSP delays at 0."""
     results: dict = {}
-    opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    channels = {n: grpc.aio.insecure_channel(addresses[n]["grpc"], options=opts)
+    channels = {n: grpc.aio.insecure_channel(addresses[n]["grpc"], options=MESSAGE_LIMIT_OPTIONS)
                 for n in ("dsp-1", "ssp", "adserver", "verifier")}
     try:
         dsp = bidder_pb2_grpc.BidderServiceStub(channels["dsp-1"])

@@ -29,6 +29,7 @@ from loadtest.behaviour import (BOT_RENDER_DELAY_MS, OUTCOME_NAMES, RPC_TIMEOUT_
                                 render_cause)
 from loadtest.truth import Record, Truth
 from loadtest.world import Opportunity
+from services.runtime.peers import MESSAGE_LIMIT_OPTIONS
 
 # google.rpc.Code of an item whose page gave up before the auction ended.
 DEADLINE_EXCEEDED = 4
@@ -69,7 +70,7 @@ class BulkDriver:
         return asyncio.run(self._run(plan, deadline))
 
     async def _run(self, plan: Sequence[Opportunity], deadline: float) -> bool:
-        channels = [grpc.aio.insecure_channel(self._addresses[n]["grpc"], options=_CHANNEL_OPTIONS)
+        channels = [grpc.aio.insecure_channel(self._addresses[n]["grpc"], options=MESSAGE_LIMIT_OPTIONS)
                     for n in ("ssp", "adserver", "verifier")]
         self._exchange = exchange_pb2_grpc.ExchangeServiceStub(channels[0])
         self._ad_server = ad_server_pb2_grpc.AdServerServiceStub(channels[1])
@@ -257,7 +258,3 @@ def _render_delay_ms(op: Opportunity, ad: exchange_pb2.Ad) -> float:
         return max(0.0, ad.expires_at_ms - time.time() * 1000.0) + op.render_delay_ms
     return op.render_delay_ms
 
-
-# Batches of thousands of items exceed gRPC's default 4 MiB message limit.
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]

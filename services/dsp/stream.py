@@ -31,7 +31,8 @@ class DueStream(Generic[Request, Answer]):
     """The answers to one stream of request messages (each a sequence of
     requests), each answer released `delay_s` after its request arrived, those
     due together in one list. Ends once the caller has stopped sending and
-    every answer has left, or at once when `close` is called."""
+    every answer has left; when the call ends first (cancelled, past its
+    deadline, the server stopping) the answers still held are dropped with it."""
 
     def __init__(self, messages: AsyncIterable[Sequence[Request]], decide: Decide, *,
                  clock: Callable[[], float] = time.monotonic):
@@ -45,11 +46,6 @@ class DueStream(Generic[Request, Answer]):
         self._reading = True
         self._closed = False
         self._wake: asyncio.Future | None = None
-
-    def close(self) -> None:
-        """Stop now: answers not yet released are dropped."""
-        self._closed = True
-        self._poke()
 
     async def answers(self) -> AsyncIterator[list[Answer]]:
         """The answers, those due together in one list, each as it comes due."""

@@ -97,16 +97,11 @@ class RunningRole:
     _metrics_server: Any
     _grace_s: float
 
-    def call(self, coroutine):
-        """Run `coroutine` on the role's loop and return its result (from any
-        other thread)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
     def stop(self, grace_s: float | None = None) -> None:
         grace = self._grace_s if grace_s is None else grace_s
         log.info("%s: stopping: health NOT_SERVING, draining in-flight RPCs for up to %.1fs", self.role, grace)
         try:
-            self.call(self._stop(grace))
+            asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop).result()
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5.0)

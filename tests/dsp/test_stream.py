@@ -124,24 +124,6 @@ def test_the_stream_ends_once_the_caller_stops_sending_and_every_answer_left():
     assert elapsed_s < 1.0
 
 
-def test_close_ends_the_stream_at_once_and_drops_what_is_held():
-    async def scenario():
-        messages = Messages()
-        stream = DueStream(messages, delayed_by({"now": 0.0, "later": 30.0}))
-        answers = stream.answers()
-        messages.send("now", "later")
-        first = await answers.__anext__()
-        asyncio.get_running_loop().call_later(0.05, stream.close)
-        started = time.monotonic()
-        rest = [due async for due in answers]
-        return first, rest, time.monotonic() - started
-
-    first, rest, elapsed_s = run(scenario())
-    assert first == ["now"]
-    assert rest == []
-    assert elapsed_s < 1.0
-
-
 def test_a_request_stream_that_fails_ends_reading_and_held_answers_still_leave():
     async def broken():
         yield ["a"]
