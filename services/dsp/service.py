@@ -154,24 +154,26 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     # One notice each, unary or an item of a batch: validate, then count in `batch`.
     def _win(self, request: bidder_pb2.NotifyWinRequest, batch: LedgerBatch) -> bidder_pb2.NotifyWinResponse:
         campaign_id, _user = self._responder.own_bid(request.bid_id, request.campaign_id)
-        impression_key = f"{request.macros.auction_id}:{request.macros.imp_id}"
+        macros = request.macros
+        impression_key = f"{macros.auction_id}:{macros.imp_id}"
         return bidder_pb2.NotifyWinResponse(counted=batch.record_win(request.bid_id, impression_key, campaign_id))
 
     def _billing(self, request: bidder_pb2.NotifyBillingRequest,
                  batch: LedgerBatch) -> bidder_pb2.NotifyBillingResponse:
         if not request.impression_key:
             raise InvalidArgument("impression_key", "is required: billing is idempotent per impression")
-        if not request.macros.HasField("price_micros"):
+        macros = request.macros
+        if not macros.HasField("price_micros"):
             raise InvalidArgument("macros.price_micros", "the clearing price is required to bill")
-        if request.macros.price_micros < 0:
+        price_micros = macros.price_micros
+        if price_micros < 0:
             raise InvalidArgument("macros.price_micros", "must not be negative")
         # Billing may arrive after the bid is forgotten; the campaign is on the notice.
         index = self._bidder.campaign_index(request.campaign_id)
         if index is None:
             raise NotFound("campaign_id", f"no campaign {request.campaign_id!r} at this DSP")
         user_hash = self._responder.bid_user(request.bid_id)
-        counted = batch.record_billing(request.impression_key, request.campaign_id, index,
-                                       request.macros.price_micros, user_hash)
+        counted = batch.record_billing(request.impression_key, request.campaign_id, index, price_micros, user_hash)
         return bidder_pb2.NotifyBillingResponse(counted=counted)
 
     def _event(self, request: bidder_pb2.NotifyEventRequest, batch: LedgerBatch) -> bidder_pb2.NotifyEventResponse:

@@ -69,6 +69,34 @@ def test_the_imps_floor_is_converted_to_micros_once():
     assert placement.floor_micros == 850_000
 
 
+def test_a_site_request_reads_its_domain_categories_and_every_distinct_size():
+    req = request(banner=openrtb_pb2.Banner(w=300, h=250, format=[
+        openrtb_pb2.Format(w=300, h=250), openrtb_pb2.Format(w=0, h=90), openrtb_pb2.Format(w=728, h=90)]))
+    req.site.cat.extend(["IAB1", "IAB2"])
+    req.site.content.cat.append("IAB3")
+    context, (placement,) = read_request(req)
+    assert (context.domain, context.categories) == ("s", ("IAB1", "IAB2", "IAB3"))
+    assert placement.sizes == ((300, 250), (728, 90))
+
+
+@pytest.mark.parametrize("app, domain", [
+    (openrtb_pb2.App(bundle="com.example.app", domain="app.example"), "com.example.app"),
+    (openrtb_pb2.App(domain="app.example"), "app.example"),
+])
+def test_an_app_request_is_known_by_its_bundle_else_its_domain(app, domain):
+    req = openrtb_pb2.BidRequest(id="r", imp=[openrtb_pb2.Imp(id="1", video=openrtb_pb2.Video(w=640, h=360))],
+                                 app=app)
+    req.app.cat.append("IAB9")
+    context, (placement,) = read_request(req)
+    assert (context.domain, context.categories, placement.sizes) == (domain, ("IAB9",), ((640, 360),))
+
+
+def test_an_empty_floor_currency_is_read_as_usd():
+    req = request(banner=openrtb_pb2.Banner(w=300, h=250), bidfloor=1.0, bidfloorcur="")
+    (_context, (placement,)) = read_request(req)
+    assert placement.floor_micros == 1_000_000
+
+
 @pytest.mark.parametrize("mutate, field", [
     (lambda r: setattr(r, "id", ""), "id"),
     (lambda r: r.ClearField("imp"), "imp"),
