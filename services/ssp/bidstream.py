@@ -1,7 +1,8 @@
 """The exchange's fan-out to its DSPs: the bid requests of an ad call (one
 for a RequestAd or an ad break, one per item of a RequestAds) go to every DSP
 at once, each DSP over one long-lived BidStream, in one stream message per
-call, and each request waits for its answers under its own tmax.
+call (or fewer: messages queued behind a write leave joined), and each
+request waits for its answers under its own tmax.
 
 One stream per DSP, opened on first use and reopened after it breaks, carries
 many requests at once; answers come back as the DSP finishes them (those that
@@ -20,7 +21,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import grpc
 
@@ -58,17 +60,24 @@ class BidRound:
         self._answers: list[dict[str, Answer]] = [{} for _ in bid_requests]
         self._done = [False] * len(bid_requests)
         self._ready: list[int] = []
-        # When each request's tmax ends, and the timer that ends it.
+        # When each request's tmax ends; one timer per distinct tmax of the
+        # requests sent together (a batch's items mostly share one).
         self._deadline = [float("inf")] * len(bid_requests)
-        self._timers: list[asyncio.TimerHandle | None] = [None] * len(bid_requests)
+        self._timers: list[asyncio.TimerHandle] = []
         self._open = len(bid_requests)
         self._wake: asyncio.Future | None = None
 
-    def sent(self, index: int) -> None:
-        """Request `index` leaves now: its tmax runs from here."""
-        tmax_s = self._requests[index].tmax / 1000.0
-        self._deadline[index] = self._clock() + tmax_s
-        self._timers[index] = asyncio.get_running_loop().call_later(tmax_s, self._expire, index)
+    def sent(self, indices: Iterable[int]) -> None:
+        """Requests `indices` leave now: their tmax runs from here."""
+        now = self._clock()
+        by_tmax: dict[int, list[int]] = {}
+        for index in indices:
+            tmax_ms = self._requests[index].tmax
+            self._deadline[index] = now + tmax_ms / 1000.0
+            by_tmax.setdefault(tmax_ms, []).append(index)
+        loop = asyncio.get_running_loop()
+        self._timers.extend(loop.call_later(tmax_ms / 1000.0, self._expire, expiring)
+                            for tmax_ms, expiring in by_tmax.items())
 
     def answer(self, index: int, dsp: str, answer: Answer) -> None:
         """A DSP's answer to request `index` (from the stream's reader): kept
@@ -80,9 +89,10 @@ class BidRound:
         if len(answers) == len(self._dsps):
             self._complete(index)
 
-    async def completed(self) -> AsyncIterator[tuple[int, dict[str, Answer]]]:
+    async def completed(self) -> AsyncIterator[list[tuple[int, dict[str, Answer]]]]:
         """(request index, answers by DSP) for every request, in the order
-        they complete; a DSP that missed tmax answers TIMEOUT."""
+        they complete, those that completed together in one list (so they
+        clear together); a DSP that missed tmax answers TIMEOUT."""
         while True:
             if not self._ready:
                 if not self._open:
@@ -93,55 +103,85 @@ class BidRound:
                 finally:
                     self._wake = None
             ready, self._ready = self._ready, []
-            for index in ready:
-                yield index, self._answers[index]
+            yield [(index, self._answers[index]) for index in ready]
 
     def close(self) -> None:
         """The auction stopped waiting (its caller went away): no timer is left behind."""
         for timer in self._timers:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
 
-    def _expire(self, index: int) -> None:
-        self._timers[index] = None
-        if self._done[index]:
-            return
-        missing = [d for d in self._dsps if d not in self._answers[index]]
-        self._answers[index].update((d, _TIMED_OUT) for d in missing)
-        self._complete(index)
-        for dsp in missing:
-            self._forget(dsp, self._requests[index].id)
+    def _expire(self, indices: list[int]) -> None:
+        for index in indices:
+            if self._done[index]:
+                continue
+            missing = [d for d in self._dsps if d not in self._answers[index]]
+            self._answers[index].update((d, _TIMED_OUT) for d in missing)
+            self._complete(index)
+            for dsp in missing:
+                self._forget(dsp, self._requests[index].id)
 
     def _complete(self, index: int) -> None:
         self._done[index] = True
         self._open -= 1
         self._ready.append(index)
-        timer = self._timers[index]
-        if timer is not None:
-            timer.cancel()
-            self._timers[index] = None
+        if not self._open:
+            self.close()
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
 
 class _Stream:
     """One open BidStream call: its outgoing messages, the requests it
-    carries, and the task reading its answers."""
+    carries, and the task reading its answers.
+
+    Messages queued while the previous one was being written leave together
+    as one (up to COALESCE_ITEMS requests): under many concurrent single ad
+    requests that is one stream message per DSP per write, not one per
+    request, and a batch's message, already large, leaves as it is."""
 
     def __init__(self, stub: bidder_pb2_grpc.BidderServiceStub):
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self._outbox: deque[bidder_pb2.BidStreamRequest | None] = deque()
+        self._wake: asyncio.Future | None = None
         # request id -> (round, index in the round) awaiting an answer here
         self.pending: dict[str, tuple[BidRound, int]] = {}
         self.call = stub.BidStream(self._messages())
         self.reader: asyncio.Task | None = None
 
-    async def _messages(self) -> AsyncIterator[bidder_pb2.BidStreamRequest]:
-        while (message := await self.outbox.get()) is not None:
-            yield message
+    def put(self, message: bidder_pb2.BidStreamRequest | None) -> None:
+        self._outbox.append(message)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def end(self) -> None:
         """No more requests: the DSP answers what it has and ends the call."""
-        self.outbox.put_nowait(None)
+        self.put(None)
+
+    async def _messages(self) -> AsyncIterator[bidder_pb2.BidStreamRequest]:
+        outbox = self._outbox
+        while True:
+            while not outbox:
+                self._wake = asyncio.get_running_loop().create_future()
+                await self._wake
+            message = outbox.popleft()
+            if message is None:
+                return
+            if _joins(message, outbox):
+                joined = bidder_pb2.BidStreamRequest()
+                joined.items.extend(message.items)
+                while _joins(joined, outbox):
+                    joined.items.extend(outbox.popleft().items)
+                message = joined
+            yield message
+
+
+# The most bid requests queued messages are joined into; a batch's own
+# message (RequestAds sends all its items in one) is never split or copied.
+COALESCE_ITEMS = 256
+
+
+def _joins(message: bidder_pb2.BidStreamRequest, outbox: deque) -> bool:
+    """Whether the next queued message can join `message` in one write."""
+    return bool(outbox) and outbox[0] is not None and len(message.items) + len(outbox[0].items) <= COALESCE_ITEMS
 
 
 class BidStream:
@@ -167,7 +207,7 @@ class BidStream:
             return
         for item, index in zip(message.items, indices):
             stream.pending[item.id] = (bid_round, index)
-        stream.outbox.put_nowait(message)
+        stream.put(message)
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for an answer to `request_id` (its tmax passed)."""
@@ -239,8 +279,7 @@ class BidStreams:
         # One message for every DSP: gRPC serializes it per stream, nothing mutates it.
         message = bidder_pb2.BidStreamRequest(items=bid_requests)
         indices = range(len(bid_requests))
-        for index in indices:
-            bid_round.sent(index)
+        bid_round.sent(indices)
         for stream in self._streams.values():
             stream.send(message, bid_round, indices)
         return bid_round

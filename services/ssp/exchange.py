@@ -7,6 +7,7 @@ every item's auction at once, each exactly as a RequestAd would run it."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -61,6 +62,16 @@ class Placed:
     ad: exchange_pb2.Ad
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Read:
+    """An auction with its DSPs' answers read: its valid bids, and whether
+    every DSP missed tmax."""
+
+    auction: "_Auction"
+    candidates: list[Candidate]
+    all_timed_out: bool
+
+
 @dataclasses.dataclass(slots=True)
 class _Auction:
     """One opportunity between its bid request and its clearing."""
@@ -79,15 +90,20 @@ class Exchange:
         self._tokens = tokens
         self._ledger = ledger
         self._clock = clock
+        # Bid prices and floors repeat (a campaign's bid, a placement's
+        # floor): each distinct float is converted to micros once.
+        self._micros = functools.lru_cache(maxsize=4096, typed=True)(price_to_micros)
+        self._random_ids = _RandomIds()
 
     async def request_ad(self, request: exchange_pb2.RequestAdRequest
                          ) -> tuple[exchange_pb2.RequestAdResponse, list[Placed]]:
         validate(request)
-        self._ledger.record_ad_request()
+        self._ledger.record_ad_requests(1)
         opened = self._open(request, [request.imp], request.tmax_ms, request.at)
         answers = await _only_answers(self._bidders.ask([opened.bid_request]))
+        read = self._read(opened, answers)
         response = exchange_pb2.RequestAdResponse()
-        return response, self._settle(opened, answers, response)
+        return response, self._settle(read, self._clear_single([read])[0], response)
 
     async def request_ads(self, items: Sequence[exchange_pb2.RequestAdRequest], received_at: float
                     ) -> tuple[exchange_pb2.RequestAdsResponse, list[Placed], list[Placed]]:
@@ -105,24 +121,17 @@ class Exchange:
             except RequestError as error:
                 results[i].status.CopyFrom(batch.refused(error, f"items[{i}]"))
                 continue
-            self._ledger.record_ad_request()
             indices.append(i)
             auctions.append(self._open(item, [item.imp], item.tmax_ms, item.at))
+        self._ledger.record_ad_requests(len(auctions))
         won: dict[int, list[Placed]] = {}
         if auctions:
-            # Every item's bid requests leave at once; each item clears as soon as its answers are in.
+            # Every item's bid requests leave at once; each item clears as soon
+            # as its answers are in, with those whose answers came in together.
             bid_round = self._bidders.ask([a.bid_request for a in auctions])
             try:
-                async for j, answers in bid_round.completed():
-                    i, result = indices[j], results[indices[j]]
-                    try:
-                        won[i] = self._settle(auctions[j], answers, result.response)
-                    except Exception:  # one item's failure never fails the batch
-                        log.exception("items[%d] failed", i)
-                        result.ClearField("response")
-                        result.status.CopyFrom(batch.failed(f"items[{i}]"))
-                        continue
-                    result.status.CopyFrom(batch.OK)
+                async for ready in bid_round.completed():
+                    self._settle_items([(indices[j], auctions[j], answers) for j, answers in ready], results, won)
             finally:
                 bid_round.close()
         # Each item's ad reaches its page only with the whole response, which
@@ -145,7 +154,7 @@ class Exchange:
         order, and a bid whose advertiser already has an ad in the break is
         excluded (competitive separation)."""
         validate_pod(request)
-        self._ledger.record_ad_request()
+        self._ledger.record_ad_requests(1)
         opened = self._open(request, request.imp, request.tmax_ms, request.at)
         bid_request = opened.bid_request
         answers = await _only_answers(self._bidders.ask([bid_request]))
@@ -170,17 +179,16 @@ class Exchange:
         # a real exchange does; a caller that gives up sooner does not get the
         # ad, and the exchange does not count it as returned.
         started = time.perf_counter()
-        # 128 random bits, as uuid4 carries, for a fraction of its cost: the
-        # auction id is the impression key's prefix and must never repeat.
+        ids = self._random_ids.take()
         bid_request = openrtb_pb2.BidRequest(
-            id=os.urandom(16).hex(),
+            id=ids[:32],
             imp=imps,
             tmax=tmax_ms or self._settings.tmax_ms,
             at=at or self._settings.auction_type,
             cur=(self._settings.currency,),
             # OpenRTB 2.6 §3.2.2: the transaction id every party to this
             # opportunity shares; the exchange is where it starts.
-            source=openrtb_pb2.Source(tid=os.urandom(16).hex()),
+            source=openrtb_pb2.Source(tid=ids[32:]),
         )
         for i, imp in enumerate(bid_request.imp):
             if not imp.id:
@@ -194,18 +202,46 @@ class Exchange:
                 getattr(bid_request, name).CopyFrom(getattr(request, name))
         return _Auction(request, bid_request, started)
 
-    def _settle(self, opened: _Auction, answers: dict[str, Answer],
-                response: exchange_pb2.RequestAdResponse) -> list[Placed]:
-        """Clear a single-Imp auction from its answers into `response`: the
-        ad, or why none."""
+    def _settle_items(self, ready: Sequence[tuple[int, _Auction, dict[str, Answer]]],
+                      results: Sequence[exchange_pb2.RequestAdResult], won: dict[int, list[Placed]]) -> None:
+        """Clear batch items whose answers are all in, in one clearing call,
+        each into results[i]; one item's failure never fails the others."""
+        read: list[tuple[int, _Read]] = []
+        for i, opened, answers in ready:
+            try:
+                read.append((i, self._read(opened, answers)))
+            except Exception:
+                _fail(results[i], i)
+        outcomes = self._clear_single([r for _, r in read])
+        for (i, item), outcome in zip(read, outcomes):
+            result = results[i]
+            try:
+                won[i] = self._settle(item, outcome, result.response)
+            except Exception:
+                _fail(result, i)
+                continue
+            result.status.CopyFrom(batch.OK)
+
+    def _read(self, opened: _Auction, answers: dict[str, Answer]) -> _Read:
+        candidates, timed_out = self._read_answers(opened.bid_request, answers)
+        return _Read(opened, candidates, all_timed_out=timed_out == len(answers))
+
+    def _clear_single(self, read: Sequence[_Read]) -> list[auction.Outcome]:
+        """Single-Imp auctions cleared in one kernel call."""
+        return auction.clear_many([[c.price_micros for c in r.candidates] for r in read],
+                                  [self._micros(r.auction.bid_request.imp[0].bidfloor) for r in read],
+                                  [r.auction.bid_request.at for r in read], self._settings.increment_micros)
+
+    def _settle(self, read: _Read, outcome: auction.Outcome, response: exchange_pb2.RequestAdResponse) -> list[Placed]:
+        """A single-Imp auction's outcome into `response`: the ad, or why none."""
+        opened = read.auction
         bid_request = opened.bid_request
-        candidates, timed_out = self._read_answers(bid_request, answers)
         response.request_id = opened.request.request_id
         # The ad is written where the caller reads it: no copy of it.
-        placed = self._clear_imp(bid_request, bid_request.imp[0], candidates, set(), lambda: response.ad)
+        placed = self._award(bid_request, bid_request.imp[0], read.candidates, outcome, lambda: response.ad)
         self._ledger.auction_seconds.observe(time.perf_counter() - opened.started)
         if placed is None:
-            reason = "below_floor" if candidates else "timeout" if timed_out == len(answers) else "no_bids"
+            reason = "below_floor" if read.candidates else "timeout" if read.all_timed_out else "no_bids"
             self._ledger.record_no_fill(reason)
             response.no_fill_reason = _NO_FILL[reason]
             return []
@@ -235,7 +271,7 @@ class Exchange:
                 if bid.impid not in imp_ids or not bid.HasField("price") or not bid.id:
                     continue
                 try:
-                    price = price_to_micros(bid.price)
+                    price = self._micros(bid.price)
                 except ValueError:
                     continue
                 if price > 0:
@@ -244,19 +280,26 @@ class Exchange:
 
     def _clear_imp(self, bid_request: openrtb_pb2.BidRequest, imp: openrtb_pb2.Imp, candidates: list[Candidate],
                    excluded_domains: set[str], new_ad: Callable[[], exchange_pb2.Ad]) -> Placed | None:
-        """Clear one Imp among its eligible bids and send every notice; the
-        winner's ad is written into `new_ad()`."""
+        """Clear one Imp of an ad break among its eligible bids (competitive
+        separation first) and send every notice; the winner's ad is written
+        into `new_ad()`."""
         eligible = []
         for candidate in candidates:
             if excluded_domains.intersection(candidate.bid.adomain):
-                self._send_loss(bid_request, candidate, LOSS_ADVERTISER_EXCLUSIONS, None)
+                self._send_loss(bid_request, imp, candidate, LOSS_ADVERTISER_EXCLUSIONS, None)
             else:
                 eligible.append(candidate)
-        outcome = auction.clear([c.price_micros for c in eligible], price_to_micros(imp.bidfloor), bid_request.at,
+        outcome = auction.clear([c.price_micros for c in eligible], self._micros(imp.bidfloor), bid_request.at,
                                 self._settings.increment_micros)
+        return self._award(bid_request, imp, eligible, outcome, new_ad)
+
+    def _award(self, bid_request: openrtb_pb2.BidRequest, imp: openrtb_pb2.Imp, eligible: list[Candidate],
+               outcome: auction.Outcome, new_ad: Callable[[], exchange_pb2.Ad]) -> Placed | None:
+        """One Imp's clearing outcome among `eligible`: every loser's notice,
+        the winner's notice, and its ad written into `new_ad()`."""
         for i, candidate in enumerate(eligible):
             if i != outcome.winner:
-                self._send_loss(bid_request, candidate, outcome.loss_codes[i], outcome.min_to_win_micros[i])
+                self._send_loss(bid_request, imp, candidate, outcome.loss_codes[i], outcome.min_to_win_micros[i])
         if outcome.winner is None:
             return None
         winner = eligible[outcome.winner]
@@ -271,11 +314,10 @@ class Exchange:
         self._ledger.record_auction_won(winner.seat, winner.bid.cid, outcome.clearing_price_micros)
         return Placed(winner, self._ad(new_ad(), bid_request, imp, winner, notice))
 
-    def _send_loss(self, bid_request: openrtb_pb2.BidRequest, candidate: Candidate, loss_code: int,
-                   min_to_win: int | None) -> None:
+    def _send_loss(self, bid_request: openrtb_pb2.BidRequest, imp: openrtb_pb2.Imp, candidate: Candidate,
+                   loss_code: int, min_to_win: int | None) -> None:
         """OpenRTB 2.6 §4.3: every loser's lurl, with its loss code and the
         price it needed to win."""
-        imp = next(i for i in bid_request.imp if i.id == candidate.bid.impid)
         loss = bidder_pb2.NotifyLossRequest(bid_id=candidate.bid.id, campaign_id=candidate.bid.cid)
         notice = self._macros(loss.macros, bid_request, imp, candidate, loss_code, min_to_win)
         loss.notice_url = macros.expand(candidate.bid.lurl, notice)
@@ -333,11 +375,31 @@ class Exchange:
         return ad
 
 
+class _RandomIds:
+    """Two 128-bit random ids per auction (its id and its transaction id),
+    as uuid4 carries, hex-encoded: the auction id is the impression key's
+    prefix and must never repeat. The system's random source is read 4 KiB
+    at a time, one read per 128 auctions rather than one per auction."""
+
+    _CHUNK = 4096
+
+    def __init__(self):
+        self._hex = ""
+        self._at = 0
+
+    def take(self) -> str:
+        """64 hex digits: the first 32 one id, the last 32 the other."""
+        if self._at >= len(self._hex):
+            self._hex, self._at = os.urandom(self._CHUNK).hex(), 0
+        at, self._at = self._at, self._at + 64
+        return self._hex[at:at + 64]
+
+
 async def _only_answers(bid_round: BidRound) -> dict[str, Answer]:
     """The answers to a round of one bid request."""
     try:
-        async for _index, answers in bid_round.completed():
-            return answers
+        async for ready in bid_round.completed():
+            return ready[0][1]
     finally:
         bid_round.close()
     raise AssertionError("a round of one request completes once")
@@ -392,6 +454,12 @@ def _validate_common(request) -> None:
         raise InvalidArgument("tmax_ms", "must not be negative")
     if request.at not in (0, 1, 2):
         raise InvalidArgument("at", "must be 1 (first price) or 2 (second price plus)")
+
+
+def _fail(result: exchange_pb2.RequestAdResult, index: int) -> None:
+    log.exception("items[%d] failed", index)
+    result.ClearField("response")
+    result.status.CopyFrom(batch.failed(f"items[{index}]"))
 
 
 def _page_gone(index: int, deadline_ms: int, waited_ms: float) -> batch_pb2.ItemStatus:

@@ -54,9 +54,9 @@ class SspLedger:
                                          "Time from ad request to cleared auction.", buckets=LATENCY_BUCKETS_S,
                                          registry=registry)
 
-    def record_ad_request(self) -> None:
-        self.tally.add("ad_requests")
-        self._ad_requests.inc()
+    def record_ad_requests(self, n: int) -> None:
+        self.tally.add("ad_requests", n)
+        self._ad_requests.inc(n)
 
     def record_bid_outcome(self, dsp: str, outcome: str) -> None:
         self.tally.add("bid_responses", reason=self._bid_outcome_reasons[(dsp, outcome)])

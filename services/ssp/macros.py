@@ -3,6 +3,7 @@ URLs and ad markup before they are delivered."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 
@@ -69,12 +70,20 @@ def expand(text: str, macros: bidder_pb2.AuctionMacros) -> str:
     `text` names: a notice URL or an ad's markup names a few of them."""
     if "${" not in text:
         return text
+    parts = _template(text)
+    out = [parts[0]]
+    for k in range(1, len(parts), 2):
+        resolve = _VALUES.get(parts[k])
+        out.append("${" + parts[k] + "}" if resolve is None else resolve(macros))
+        out.append(parts[k + 1])
+    return "".join(out)
 
-    def value(found: re.Match) -> str:
-        resolve = _VALUES.get(found.group(1))
-        return found.group(0) if resolve is None else resolve(macros)
 
-    return _MACRO.sub(value, text)
+@functools.lru_cache(maxsize=1024)
+def _template(text: str) -> tuple[str, ...]:
+    """`text` split at its macros: literal, name, literal, ..., literal. A
+    campaign's notice URLs and markup repeat on every bid, so each is split once."""
+    return tuple(_MACRO.split(text))
 
 
 def _price(micros: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.ssp.auction import LOSS_BELOW_FLOOR, LOSS_LOST_TO_HIGHER_BID, LOSS_WON, clear
+from services.ssp.auction import LOSS_BELOW_FLOOR, LOSS_LOST_TO_HIGHER_BID, LOSS_WON, clear, clear_many
 
 FLOOR = 850_000
 INCREMENT = 10_000
@@ -44,3 +44,12 @@ def test_no_bid_at_or_above_the_floor_clears_nothing():
 
 def test_ties_go_to_the_earlier_bid():
     assert clear([1_000_000, 1_000_000], FLOOR, 1, INCREMENT).winner == 0
+
+
+def test_many_auctions_cleared_at_once_have_the_outcomes_each_has_alone():
+    auctions = [  # (bids, floor, auction type)
+        (BIDS, FLOOR, 1), (BIDS, FLOOR, 2), ([2_000_000], FLOOR, 2), ([], FLOOR, 2),
+        ([800_000, 700_000], FLOOR, 2), ([1_000_000, 1_000_000], FLOOR, 1), ([855_000], FLOOR, 2),
+    ]
+    together = clear_many([a[0] for a in auctions], [a[1] for a in auctions], [a[2] for a in auctions], INCREMENT)
+    assert together == [clear(bids, floor, at, INCREMENT) for bids, floor, at in auctions]

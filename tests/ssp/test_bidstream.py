@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from adchain.v1 import openrtb_pb2
-from services.ssp.bidstream import ANSWERED, ERROR, TIMEOUT, Answer, BidRound
+from adchain.v1 import bidder_pb2, openrtb_pb2
+from services.ssp.bidstream import ANSWERED, COALESCE_ITEMS, ERROR, TIMEOUT, Answer, BidRound, BidStreams
 
 DSPS = ("dsp-1", "dsp-2")
 
@@ -20,8 +20,7 @@ def bid_requests(*tmax_ms: int) -> list[openrtb_pb2.BidRequest]:
 def sent_round(requests, forgotten: list | None = None, clock=time.monotonic) -> BidRound:
     forgotten = [] if forgotten is None else forgotten
     bid_round = BidRound(requests, DSPS, lambda dsp, request_id: forgotten.append((dsp, request_id)), clock)
-    for i in range(len(requests)):
-        bid_round.sent(i)
+    bid_round.sent(range(len(requests)))
     return bid_round
 
 
@@ -30,7 +29,7 @@ def answered(request_id: str = "") -> Answer:
 
 
 async def completed(bid_round: BidRound) -> list:
-    return [item async for item in bid_round.completed()]
+    return [item async for ready in bid_round.completed() for item in ready]
 
 
 def run(coroutine):
@@ -114,3 +113,62 @@ def test_an_answer_that_arrives_after_tmax_is_a_timeout_even_before_the_auction_
 
     assert {d: a.outcome for d, a in run(scenario()).items()} == {"dsp-1": ANSWERED, "dsp-2": TIMEOUT}
 
+
+
+class RecordingBidder:
+    """A DSP's BidStream that records how many requests each message it
+    receives carries, and answers every request (with no bid)."""
+
+    def __init__(self):
+        self.message_sizes: list[int] = []
+
+    def BidStream(self, requests):
+        return _RecordingCall(requests, self.message_sizes)
+
+
+class _RecordingCall:
+    def __init__(self, requests, sizes: list[int]):
+        self._requests = requests
+        self._sizes = sizes
+
+    def cancel(self) -> None:
+        pass
+
+    async def __aiter__(self):
+        async for message in self._requests:
+            self._sizes.append(len(message.items))
+            yield bidder_pb2.BidStreamResponse(results=[
+                bidder_pb2.BidStreamResult(request_id=r.id, response=openrtb_pb2.BidResponse(id=r.id))
+                for r in message.items])
+
+
+def test_requests_queued_behind_a_write_leave_in_one_message_and_each_is_answered():
+    bidder = RecordingBidder()
+
+    async def scenario():
+        streams = BidStreams({"dsp-1": bidder})
+        # Five ad calls in one turn of the loop, before the stream writes anything.
+        rounds = [streams.ask([openrtb_pb2.BidRequest(id=f"r{i}", tmax=1000)]) for i in range(5)]
+        answers = [await completed(r) for r in rounds]
+        await streams.close()
+        return answers
+
+    answers = run(scenario())
+    assert bidder.message_sizes == [5]
+    assert [a[0][1]["dsp-1"].outcome for a in answers] == [ANSWERED] * 5
+
+
+def test_a_batch_message_is_never_joined_past_the_coalescing_limit():
+    bidder = RecordingBidder()
+
+    async def scenario():
+        streams = BidStreams({"dsp-1": bidder})
+        batch = streams.ask([openrtb_pb2.BidRequest(id=f"b{i}", tmax=1000) for i in range(COALESCE_ITEMS)])
+        single = streams.ask([openrtb_pb2.BidRequest(id="s", tmax=1000)])
+        done = (await completed(batch), await completed(single))
+        await streams.close()
+        return done
+
+    batch_answers, single_answers = run(scenario())
+    assert bidder.message_sizes == [COALESCE_ITEMS, 1]
+    assert len(batch_answers) == COALESCE_ITEMS and len(single_answers) == 1
