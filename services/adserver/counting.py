@@ -89,43 +89,44 @@ class ImpressionCounter:
     def record_impression(self, request: ad_server_pb2.RecordImpressionRequest
                           ) -> ad_server_pb2.RecordImpressionResponse:
         with self._ledger.batch() as entries:
-            response = self._impression(request, entries)
+            fields = self._impression(request, entries)
         self._send(entries)
-        return response
+        return ad_server_pb2.RecordImpressionResponse(**fields)
 
-    def record_impressions(self, requests: Sequence[ad_server_pb2.RecordImpressionRequest]
-                           ) -> list[ad_server_pb2.RecordImpressionResult]:
+    def record_impressions(self, requests: Sequence[ad_server_pb2.RecordImpressionRequest],
+                           add_result: Callable[..., ad_server_pb2.RecordImpressionResult]) -> None:
         """Each beacon judged in order exactly as record_impression judges it,
-        a refused one with its own status; counted together, then notified."""
+        a refused one with its own status, its result made by
+        `add_result(status=..., response=...)` (a response's `results.add`);
+        counted together, then notified."""
         with self._ledger.batch() as entries:
-            results = answer_each(requests, lambda request: self._impression(request, entries),
-                                  ad_server_pb2.RecordImpressionResult)
+            answer_each(requests, lambda request: self._impression(request, entries), add_result)
         self._send(entries)
-        return results
 
-    def _impression(self, request: ad_server_pb2.RecordImpressionRequest,
-                    entries: AdServerEntries) -> ad_server_pb2.RecordImpressionResponse:
+    def _impression(self, request: ad_server_pb2.RecordImpressionRequest, entries: AdServerEntries) -> dict:
+        """The RecordImpressionResponse fields as a dict: a batch sets them
+        straight into its result, no message to build and copy."""
         token = self._verified(request.token, entries)
         now = self._clock()
         expires_at_ms = token.expires_at_ms
         if now * 1000 > expires_at_ms:
             entries.record_late("impression", token)
-            return ad_server_pb2.RecordImpressionResponse(outcome=LATE)
+            return dict(outcome=LATE)
         verdict = self._judge(token, request.user_agent, request.ip, now)
         # Every first render of a key takes the key, whatever its verdict: a
         # repeated pixel is a duplicate, never a second chance.
         if not self._impressions.add(token.impression_key, expires_at_ms / 1000.0 + CONVERSION_WINDOW_S, verdict):
             entries.record_duplicate("impression")
-            return ad_server_pb2.RecordImpressionResponse(outcome=DUPLICATE)
+            return dict(outcome=DUPLICATE)
         if verdict == "counted":
             entries.record_rendered(token)
             entries.notices.append((token.seat, "billing", billing_notice(token)))
-            return ad_server_pb2.RecordImpressionResponse(outcome=COUNTED)
+            return dict(outcome=COUNTED)
         if verdict == "capped":
             entries.record_capped(token)
-            return ad_server_pb2.RecordImpressionResponse(outcome=CAPPED)
+            return dict(outcome=CAPPED)
         entries.record_invalid(token, verdict)
-        return ad_server_pb2.RecordImpressionResponse(outcome=INVALID, reason=verdict)
+        return dict(outcome=INVALID, reason=verdict)
 
     def _judge(self, token: token_pb2.ImpressionToken, user_agent: str, ip: str, now: float) -> str:
         reason = self._ivt.classify(user_agent, ip, token.user_key, token.issued_at_ms, int(now * 1000))

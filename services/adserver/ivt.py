@@ -75,7 +75,9 @@ class InvalidTrafficFilter:
         self._min_render_ms = settings.min_render_ms
         self._per_minute = settings.max_impressions_per_user_per_minute
         self._lock = threading.Lock()
-        self._recent: dict[str, collections.deque[int]] = {}
+        # viewer -> render times in the last minute, the viewer that rendered
+        # least recently first (see _count_render)
+        self._recent: collections.OrderedDict[str, collections.deque[int]] = collections.OrderedDict()
         self._sweeps = 0
 
         # Real traffic carries a few thousand distinct user agents, so each is
@@ -105,18 +107,27 @@ class InvalidTrafficFilter:
         if not viewer:
             return False
         window_start = now_ms - 60_000
+        recent = self._recent
         with self._lock:
-            times = self._recent.get(viewer)
+            times = recent.get(viewer)
             if times is None:
-                times = self._recent[viewer] = collections.deque()
+                times = recent[viewer] = collections.deque()
+            else:
+                recent.move_to_end(viewer)
             while times and times[0] <= window_start:
                 times.popleft()
             times.append(now_ms)
             exceeded = len(times) > self._per_minute
             self._sweeps += 1
-            if self._sweeps % 10_000 == 0:  # forget viewers idle for a minute
-                for key in [k for k, v in self._recent.items() if not v or v[-1] <= window_start]:
-                    del self._recent[key]
+            if self._sweeps % 10_000 == 0:
+                # Forget viewers idle for a minute. They wait in the order they
+                # last rendered, so the sweep looks only at those it forgets,
+                # never at every viewer; this viewer, just seen, ends it.
+                while True:
+                    oldest = next(iter(recent))
+                    if recent[oldest][-1] > window_start:
+                        break
+                    del recent[oldest]
         return exceeded
 
 

@@ -74,10 +74,18 @@ class AdServerLedger:
     def _post(self, entries: AdServerEntries) -> None:
         for (name, reason, campaign), n in entries.counts.items():
             self.tally.add(name, n, reason=reason, campaign=campaign)
+        rendered = 0
+        for (seat, campaign), (n, price_micros, ad_seconds) in entries.rendered.items():
+            self.tally.add("rendered", n, reason=seat, campaign=campaign)
+            # Billable value at the ad server's count: CPM micros summed; spend is /1000.
+            self.tally.add("billable_cpm_micros", price_micros, reason=seat, campaign=campaign)
+            if ad_seconds:
+                self.tally.add("ad_seconds", ad_seconds, campaign=campaign)
+            rendered += n
         for impression_key, outcome, reason, campaign_id, seat in entries.verdicts:
             self.journal.record(impression_key, outcome, reason=reason, campaign_id=campaign_id, seat=seat)
-        if entries.rendered:
-            self._impressions.record("rendered", entries.rendered)
+        if rendered:
+            self._impressions.record("rendered", rendered)
         for child, n in entries.metrics.items():
             child.inc(n)
 
@@ -91,7 +99,9 @@ class AdServerEntries:
         self._ledger = ledger
         self.counts: dict[tuple[str, str, str], int] = {}  # (name, reason, campaign) -> n
         self.verdicts: list[tuple[str, str, str, str, str]] = []  # journal records, in event order
-        self.rendered = 0  # impressions at the chain's rendered stage
+        # (seat, campaign) -> [impressions at the chain's rendered stage, their
+        # price micros, their ad seconds]: one entry per rendered impression.
+        self.rendered: dict[tuple[str, str], list[int]] = {}
         self.metrics: dict[object, int] = {}  # metric child -> n
         # (seat, kind, request): the notices these counts owe the DSPs, sent after the post.
         self.notices: list[tuple[str, str, Message]] = []
@@ -103,13 +113,14 @@ class AdServerEntries:
         self._ledger._post(self)
 
     def record_rendered(self, token: token_pb2.ImpressionToken) -> None:
-        self._count("rendered", reason=token.seat, campaign=token.campaign_id)
-        # Billable value at the ad server's count: CPM micros summed; spend is /1000.
-        self._count("billable_cpm_micros", token.price_micros, reason=token.seat, campaign=token.campaign_id)
-        if token.duration_s:
-            self._count("ad_seconds", token.duration_s, campaign=token.campaign_id)
-        self.verdicts.append((token.impression_key, "rendered", "", token.campaign_id, token.seat))
-        self.rendered += 1
+        seat, campaign_id = token.seat, token.campaign_id
+        rendered = self.rendered.get((seat, campaign_id))
+        if rendered is None:
+            rendered = self.rendered[(seat, campaign_id)] = [0, 0, 0]
+        rendered[0] += 1
+        rendered[1] += token.price_micros
+        rendered[2] += token.duration_s
+        self.verdicts.append((token.impression_key, "rendered", "", campaign_id, seat))
 
     def record_invalid(self, token: token_pb2.ImpressionToken, reason: str) -> None:
         self._count("invalid", reason=reason, campaign=token.campaign_id)

@@ -22,7 +22,11 @@ class AdServerServicer(ad_server_pb2_grpc.AdServerServiceServicer):
         return self._counter.record_impression(request)
 
     def RecordImpressions(self, request, context) -> ad_server_pb2.RecordImpressionsResponse:
-        return ad_server_pb2.RecordImpressionsResponse(results=self._counter.record_impressions(request.items))
+        response = ad_server_pb2.RecordImpressionsResponse()
+        # Results are added in place: building a list and handing it to the
+        # constructor copies every result again.
+        self._counter.record_impressions(request.items, response.results.add)
+        return response
 
     def RecordClick(self, request, context) -> ad_server_pb2.RecordClickResponse:
         return ad_server_pb2.RecordClickResponse(outcome=self._counter.record_click(request))

@@ -4,9 +4,10 @@ late reports, rejected tokens, and the viewable notices it sent to DSPs.
 Each first verdict per impression key also goes to the journal for
 reconciliation.
 
-Reports are entered per call (`with ledger.batch() as entries`) and posted
-together when the call ends, so a batch RPC of many reports costs one tally
-add per count and one inc(n) per metric child, not one per report."""
+Reports are entered per call (`with ledger.batch() as entries`), counted by
+verdict and campaign, and posted together when the call ends, so a batch RPC
+of many reports costs one tally add per count and one inc(n) per metric
+child, not one per report."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ CLASS_NAMES = {
     verifier_pb2.EXPOSURE_CLASS_LATE: "late",
 }
 NOTICE_OUTCOMES = ("sent", "retried", "failed")
+# The counts each verdict adds to: every report once tracked is measurable or
+# not, and a measurable one is viewable or not. A duplicate is counted
+# across campaigns, the others per campaign.
+STAGES = {
+    verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE: ("tracked", "unmeasurable"),
+    verifier_pb2.EXPOSURE_CLASS_NOT_VIEWABLE: ("tracked", "measurable"),
+    verifier_pb2.EXPOSURE_CLASS_VIEWABLE: ("tracked", "measurable", "viewable"),
+    verifier_pb2.EXPOSURE_CLASS_DUPLICATE: ("duplicates",),
+    verifier_pb2.EXPOSURE_CLASS_LATE: ("late",),
+}
 
 
 class VerifierLedger:
@@ -55,19 +66,30 @@ class VerifierLedger:
         self._notices[outcome].inc(n)
 
     def _post(self, entries: VerifierEntries) -> None:
-        for (name, campaign), n in entries.counts.items():
+        counts: dict[tuple[str, str], int] = {}  # (name, campaign) -> n
+        exposures: dict[str, int] = {}  # verdict name -> n
+        for (verdict, campaign_id), n in entries.verdict_counts.items():
+            if verdict == verifier_pb2.EXPOSURE_CLASS_DUPLICATE:
+                campaign_id = ""
+            for stage in STAGES[verdict]:
+                counts[(stage, campaign_id)] = counts.get((stage, campaign_id), 0) + n
+            name = CLASS_NAMES[verdict]
+            exposures[name] = exposures.get(name, 0) + n
+        for (name, campaign), n in counts.items():
             self.tally.add(name, n, campaign=campaign)
         for reason, n in entries.rejected.items():
             self.tally.add("rejected_tokens", n, reason=reason)
             self._rejected[reason].inc(n)
         for impression_key, verdict, campaign_id, seat in entries.verdicts:
             self.journal.record(impression_key, verdict, campaign_id=campaign_id, seat=seat)
-        for verdict, n in entries.exposures.items():
-            self._exposures[verdict].inc(n)
-        if entries.measurable:
-            self._impressions.record("measurable", entries.measurable)
-        if entries.viewable:
-            self._impressions.record("viewable", entries.viewable)
+        for name, n in exposures.items():
+            self._exposures[name].inc(n)
+        viewable = exposures.get("viewable", 0)
+        measurable = viewable + exposures.get("not_viewable", 0)
+        if measurable:
+            self._impressions.record("measurable", measurable)
+        if viewable:
+            self._impressions.record("viewable", viewable)
 
 
 class VerifierEntries:
@@ -78,11 +100,11 @@ class VerifierEntries:
 
     def __init__(self, ledger: VerifierLedger):
         self._ledger = ledger
-        self.counts: dict[tuple[str, str], int] = {}  # (name, campaign) -> n
+        # (exposure class, campaign) -> reports: one entry per report, expanded
+        # to the counts it adds to (STAGES) only when posted.
+        self.verdict_counts: dict[tuple[int, str], int] = {}
         self.rejected: dict[str, int] = {}  # token reject reason -> n
         self.verdicts: list[tuple[str, str, str, str]] = []  # journal records, in report order
-        self.exposures: dict[str, int] = {}  # verdict name -> n
-        self.measurable = self.viewable = 0  # impressions at these chain stages
 
     def __enter__(self) -> VerifierEntries:
         return self
@@ -91,29 +113,11 @@ class VerifierEntries:
         self._ledger._post(self)
 
     def record(self, verdict: int, token: token_pb2.ImpressionToken) -> None:
-        name = CLASS_NAMES[verdict]
         campaign_id = token.campaign_id
-        self.exposures[name] = self.exposures.get(name, 0) + 1
-        if verdict == verifier_pb2.EXPOSURE_CLASS_DUPLICATE:
-            self._count("duplicates")
-            return
-        self.verdicts.append((token.impression_key, name, campaign_id, token.seat))
-        if verdict == verifier_pb2.EXPOSURE_CLASS_LATE:
-            self._count("late", campaign_id)
-            return
-        self._count("tracked", campaign_id)
-        if verdict == verifier_pb2.EXPOSURE_CLASS_UNMEASURABLE:
-            self._count("unmeasurable", campaign_id)
-            return
-        self._count("measurable", campaign_id)
-        self.measurable += 1
-        if verdict == verifier_pb2.EXPOSURE_CLASS_VIEWABLE:
-            self._count("viewable", campaign_id)
-            self.viewable += 1
+        key = (verdict, campaign_id)
+        self.verdict_counts[key] = self.verdict_counts.get(key, 0) + 1
+        if verdict != verifier_pb2.EXPOSURE_CLASS_DUPLICATE:  # the first verdict is the key's record
+            self.verdicts.append((token.impression_key, CLASS_NAMES[verdict], campaign_id, token.seat))
 
     def record_rejected_token(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-    def _count(self, name: str, campaign: str = "") -> None:
-        key = (name, campaign)
-        self.counts[key] = self.counts.get(key, 0) + 1

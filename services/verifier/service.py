@@ -60,42 +60,37 @@ class ExposureClassifier:
             self._send([token])
         return verifier_pb2.RecordExposureResponse(exposure_class=verdict, viewable_ms=in_view_ms)
 
-    def record_batch(self, requests: Sequence[verifier_pb2.RecordExposureRequest]
-                     ) -> list[verifier_pb2.RecordExposureResult]:
+    def record_batch(self, requests: Sequence[verifier_pb2.RecordExposureRequest],
+                     add_result: Callable[..., verifier_pb2.RecordExposureResult]) -> None:
         """Each report judged in order exactly as `record` judges it, a refused
-        one with its own status. The samples of the whole batch are decoded
-        once, checked and held to the MRC rule in one vectorised pass each."""
+        one with its own status, its result made by `add_result(status=...,
+        response=...)` (a response's `results.add`). The samples of the whole
+        batch are decoded once, checked and held to the MRC rule in
+        vectorised passes."""
         samples = viewability.SampleArrays(requests)
         flagged = frozenset(samples.invalid_reports().tolist())
-        screened: list[tuple[int, token_pb2.ImpressionToken] | None] = [None] * len(requests)
+        # Every report's longest run at each threshold the rule uses, before
+        # any token is read: each report is then judged whole as it is
+        # screened, in report order.
+        in_view_ms = {threshold: samples.longest_in_view_ms(np.full(len(requests), threshold)).tolist()
+                      for threshold in viewability.THRESHOLDS_PERCENT}
         viewable: list[token_pb2.ImpressionToken] = []
         with self._ledger.batch() as entries:
-            def screen(item: tuple[int, verifier_pb2.RecordExposureRequest]) -> verifier_pb2.RecordExposureResponse:
+            def judge(item: tuple[int, verifier_pb2.RecordExposureRequest]) -> dict:
                 i, request = item
-                screened[i] = self._screen(request, entries, request.samples if i in flagged else None)
-                return verifier_pb2.RecordExposureResponse()  # the verdict is set below
-
-            results = answer_each(list(enumerate(requests)), screen, verifier_pb2.RecordExposureResult)
-            thresholds = np.zeros(len(requests), dtype=np.int64)
-            for i, found in enumerate(screened):
-                if found is not None and found[0] == MEASURE:
-                    thresholds[i] = viewability.threshold_percent(found[1].mtype, found[1].w, found[1].h)
-            in_view_ms = samples.longest_in_view_ms(thresholds)
-            # Entered in report order, as a sequence of unary calls would journal them.
-            for i, found in enumerate(screened):
-                if found is None:  # refused: its status says why
-                    continue
-                verdict, token = found
-                response = results[i].response
+                verdict, token = self._screen(request, entries, request.samples if i in flagged else None)
+                report_ms = 0
                 if verdict == MEASURE:
-                    response.viewable_ms = int(in_view_ms[i])
-                    verdict = _viewable_or_not(token, response.viewable_ms)
-                response.exposure_class = verdict
+                    report_ms = in_view_ms[viewability.threshold_percent(token.mtype, token.w, token.h)][i]
+                    verdict = _viewable_or_not(token, report_ms)
                 entries.record(verdict, token)
                 if verdict == VIEWABLE:
                     viewable.append(token)
+                # The response's fields, set straight into the result: no message to build and copy.
+                return dict(exposure_class=verdict, viewable_ms=report_ms)
+
+            answer_each(list(enumerate(requests)), judge, add_result)
         self._send(viewable)
-        return results
 
     def _screen(self, request: verifier_pb2.RecordExposureRequest, entries: VerifierEntries,
                 unchecked_samples: Sequence[verifier_pb2.InViewSample] | None
@@ -151,7 +146,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         return self._classifier.record(request)
 
     def RecordExposures(self, request, context) -> verifier_pb2.RecordExposuresResponse:
-        return verifier_pb2.RecordExposuresResponse(results=self._classifier.record_batch(request.items))
+        response = verifier_pb2.RecordExposuresResponse()
+        # Results are added in place: building a list and handing it to the
+        # constructor copies every result again.
+        self._classifier.record_batch(request.items, response.results.add)
+        return response
 
     def GetCounts(self, request, context) -> verifier_pb2.VerifierServiceGetCountsResponse:
         return verifier_pb2.VerifierServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())

@@ -34,6 +34,10 @@ MTYPE_VIDEO = 2
 _kernel = numba.njit(cache=True, nogil=True)
 
 
+# The in-view percents threshold_percent answers with.
+THRESHOLDS_PERCENT = (30, 50)
+
+
 def threshold_percent(mtype: int, w: int, h: int) -> int:
     if mtype != MTYPE_VIDEO and w * h >= LARGE_AD_PIXELS:
         return 30

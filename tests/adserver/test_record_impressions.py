@@ -95,12 +95,13 @@ def adserver(sink):
 
 
 def token(key: str, *, seat: str = "dsp-1", campaign: str = "c-display", user: str = "u1",
-          expires_in_s: float = 300.0, codec: TokenCodec = CODEC) -> str:
+          expires_in_s: float = 300.0, duration_s: int = 0, codec: TokenCodec = CODEC) -> str:
     now_ms = int(time.time() * 1000)
     return codec.sign(token_pb2.ImpressionToken(
         impression_key=key, auction_id=key.split(":")[0], imp_id="1", bid_id=f"bid-{key}", seat=seat,
         campaign_id=campaign, price_micros=5_010_000, currency="USD", mtype=1, w=300, h=250,
-        issued_at_ms=now_ms - 1_000, expires_at_ms=now_ms + int(expires_in_s * 1000), user_key=user))
+        issued_at_ms=now_ms - 1_000, expires_at_ms=now_ms + int(expires_in_s * 1000), user_key=user,
+        duration_s=duration_s))
 
 
 def beacon(text: str, user_agent: str = HUMAN, ip: str = "203.0.113.9") -> ad_server_pb2.RecordImpressionRequest:
@@ -137,6 +138,19 @@ def test_the_same_impression_twice_in_one_batch_counts_once(adserver, sink):
     assert (adserver.total("rendered"), adserver.total("duplicates", "impression")) == (1, 1)
     assert wait_for(lambda: sink.billed == ["a:1"])
     assert adserver.journal() == [("a:1", "rendered", "", "c-display", "dsp-1")]
+
+
+def test_a_batch_counts_renders_and_their_value_per_seat_and_campaign(adserver):
+    record(adserver, beacon(token("a:1")), beacon(token("b:1", user="u2")),
+           beacon(token("c:1", campaign="c-video", user="u3", duration_s=15)),
+           beacon(token("d:1", campaign="c-video", user="u4", duration_s=30)),
+           beacon(token("e:1", user="u5"), ip="54.80.1.2"))  # a data-center address: never billed
+    assert {key: n for key, n in adserver.counts().items()
+            if key[0] in ("rendered", "billable_cpm_micros", "ad_seconds", "invalid") and n} == {
+        ("rendered", "dsp-1", "c-display"): 2, ("billable_cpm_micros", "dsp-1", "c-display"): 10_020_000,
+        ("rendered", "dsp-1", "c-video"): 2, ("billable_cpm_micros", "dsp-1", "c-video"): 10_020_000,
+        ("ad_seconds", "", "c-video"): 45, ("invalid", "datacenter_ip", "c-display"): 1}
+    assert 'adchain_impressions_total{role="adserver",stage="rendered"} 4.0' in adserver.ledger_metrics()
 
 
 def test_an_empty_batch_counts_nothing(adserver):

@@ -114,6 +114,28 @@ def test_the_same_impression_twice_in_one_batch_is_measured_once(verifier):
     assert verifier.journal() == [("a:1", "viewable", "c-display", "dsp-1")]
 
 
+def test_a_batch_counts_each_stage_per_campaign(verifier):
+    record(verifier,
+           report(token("a:1"), in_view(1200)),
+           report(token("b:1"), in_view(500)),
+           report(token("c:1"), method=verifier_pb2.MEASUREMENT_METHOD_NONE),
+           report(token("a:1"), in_view(1200)),  # a repeat
+           report(token("d:1", expires_in_s=-1), in_view(1200)),
+           report(token("e:1", mtype=2, w=1280, h=720), in_view(2100)))
+    assert {key: n for key, n in verifier.counts().items() if n} == {
+        ("tracked", "", "c-display"): 3, ("unmeasurable", "", "c-display"): 1, ("measurable", "", "c-display"): 2,
+        ("viewable", "", "c-display"): 1, ("late", "", "c-display"): 1, ("duplicates", "", ""): 1,
+        ("tracked", "", "c-video"): 1, ("measurable", "", "c-video"): 1, ("viewable", "", "c-video"): 1}
+    metrics = verifier.ledger_metrics()
+    assert {'adchain_impressions_total{role="verifier",stage="measurable"} 3.0',
+            'adchain_impressions_total{role="verifier",stage="viewable"} 2.0',
+            'adchain_verifier_exposures_total{verdict="viewable"} 2.0',
+            'adchain_verifier_exposures_total{verdict="not_viewable"} 1.0',
+            'adchain_verifier_exposures_total{verdict="unmeasurable"} 1.0',
+            'adchain_verifier_exposures_total{verdict="duplicate"} 1.0',
+            'adchain_verifier_exposures_total{verdict="late"} 1.0'} <= set(metrics)
+
+
 def reports() -> list[verifier_pb2.RecordExposureRequest]:
     """One report for each way the verifier judges one."""
     return [
