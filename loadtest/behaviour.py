@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 
 import grpc
 
-from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, exchange_pb2, exchange_pb2_grpc, openrtb_pb2,
-                        verifier_pb2, verifier_pb2_grpc)
+from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, exchange_pb2, exchange_pb2_grpc, verifier_pb2,
+                        verifier_pb2_grpc)
 from loadtest.truth import BOT_CAUSE, Record, Truth
 from loadtest.world import Opportunity
 
@@ -36,15 +36,16 @@ class Clients:
     """The RPC stubs every client shares (grpc.aio, one event loop), and the
     actions they take. Open them inside the loop that uses them (`open`)."""
 
-    def __init__(self, addresses: Mapping[str, Mapping[str, str]], truth: Truth, seed: int,
+    def __init__(self, addresses: Mapping[str, Mapping[str, str]], truth: Truth,
                  sample_interval_ms: tuple[int, int] = (100, 200), auction_type: int = 0, tmax_ms: int = 0):
         self._addresses = addresses
         self.truth = truth
-        self._seed = seed
         self._interval = sample_interval_ms
         self._auction_type = auction_type
         self._tmax_ms = tmax_ms
         self.latencies_ms: list[float] = []
+        # Reseeded for each opportunity's draws (see exposure, render_delay_ms).
+        self.rng = random.Random()
         self._channels: list[grpc.aio.Channel] = []
 
     def open(self) -> None:
@@ -101,8 +102,7 @@ class Clients:
         return record.render == "rendered"
 
     async def report_exposure(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
-        rng = random.Random(self._seed * 1_000_003 + op.index)
-        request = exposure(op, ad, rng, self._interval)
+        request = exposure(op, ad, self.rng, self._interval)
         try:
             await self.verifier.RecordExposure(request, timeout=RPC_TIMEOUT_S)
             record.tag = op.exposure if op.measurable else "unmeasurable"
@@ -138,57 +138,89 @@ def render_cause(op: Opportunity, render_answer: str) -> str:
     return "rendered" if not render_answer.startswith("error") else "render_failed"
 
 
-def ad_request(op: Opportunity, auction_type: int = 0, tmax_ms: int = 0) -> exchange_pb2.RequestAdRequest:
-    """The opportunity as the page or player describes it (OpenRTB 2.6)."""
-    p, (w, h) = op.placement, op.size
-    imp = openrtb_pb2.Imp(id="1", bidfloor=p.floor_cpm, tagid=p.name)
+def ad_request(op: Opportunity, auction_type: int = 0, tmax_ms: int = 0,
+               request: exchange_pb2.RequestAdRequest | None = None) -> exchange_pb2.RequestAdRequest:
+    """The opportunity as the page or player describes it (OpenRTB 2.6),
+    written into `request` (an item of a batch) or a new message. Fields are
+    set in place: building each sub-message and copying it in costs the load
+    test several times the CPU."""
+    if request is None:
+        request = exchange_pb2.RequestAdRequest()
+    p, (w, h), user = op.placement, op.size, op.user
+    request.request_id, request.tmax_ms, request.at = op.request_id, tmax_ms, auction_type
+    imp = request.imp
+    imp.id, imp.bidfloor, imp.tagid = "1", p.floor_cpm, p.name
     if p.format == "video":
-        video = openrtb_pb2.Video(mimes=["video/mp4"], w=w, h=h, minduration=5, maxduration=30)
-        if op.pod is not None:
+        video = imp.video
+        video.mimes.append("video/mp4")
+        video.w, video.h, video.minduration, video.maxduration = w, h, 5, 30
+        if (pod := op.pod) is not None:
             # OpenRTB 2.6 §3.2.7 ad pod fields.
-            video.podid, video.podseq, video.slotinpod = op.pod.podid, op.pod.podseq, op.pod.slotinpod
-            video.poddur, video.maxseq = op.pod.poddur, op.pod.maxseq
-        imp.video.CopyFrom(video)
+            video.podid, video.podseq, video.slotinpod = pod.podid, pod.podseq, pod.slotinpod
+            video.poddur, video.maxseq = pod.poddur, pod.maxseq
     else:
-        imp.banner.CopyFrom(openrtb_pb2.Banner(w=w, h=h))
+        banner = imp.banner
+        banner.w, banner.h = w, h
     if p.deal_id:
-        imp.pmp.CopyFrom(openrtb_pb2.Pmp(deals=[openrtb_pb2.Deal(id=p.deal_id, bidfloor=p.floor_cpm)]))
-    request = exchange_pb2.RequestAdRequest(
-        request_id=op.request_id, imp=imp, tmax_ms=tmax_ms, at=auction_type,
-        device=openrtb_pb2.Device(ua=op.user.user_agent, ip=op.user.ip, devicetype=p.device_type),
-        user=openrtb_pb2.User(id=op.user.id),
-    )
+        imp.pmp.deals.add(id=p.deal_id, bidfloor=p.floor_cpm)
+    device = request.device
+    device.ua, device.ip, device.devicetype = user.user_agent, user.ip, p.device_type
+    request.user.id = user.id
     if p.kind == "site":
-        request.site.CopyFrom(openrtb_pb2.Site(domain=op.domain, page=f"https://{op.domain}/article"))
+        site = request.site
+        site.domain, site.page = op.domain, f"https://{op.domain}/article"
     else:
-        request.app.CopyFrom(openrtb_pb2.App(bundle=op.domain))
+        request.app.bundle = op.domain
     return request
 
 
-def exposure(op: Opportunity, ad: exchange_pb2.Ad, rng: random.Random,
-             interval_ms: tuple[int, int]) -> verifier_pb2.RecordExposureRequest:
+def exposure(op: Opportunity, ad: exchange_pb2.Ad, rng: random.Random, interval_ms: tuple[int, int],
+             request: verifier_pb2.RecordExposureRequest | None = None) -> verifier_pb2.RecordExposureRequest:
     """The verification tag's report: how it measured and what it saw, sampled
-    every 100-200 ms from the render until the ad left the viewport."""
+    every 100-200 ms from the render until the ad left the viewport. `rng`
+    is reseeded from the run's seed and the opportunity, so the report is
+    the same whenever it is made (reseeding one generator costs less than
+    making one). Written into `request` (an item of a batch) or a new
+    message; samples are added in place, as copying built ones in costs
+    several times the CPU."""
+    if request is None:
+        request = verifier_pb2.RecordExposureRequest()
+    request.token = ad.token
     if not op.measurable:
         # A cross-domain iframe without SafeFrame or OM SDK: no geometry.
-        return verifier_pb2.RecordExposureRequest(token=ad.token, method=verifier_pb2.MEASUREMENT_METHOD_NONE)
+        request.method = verifier_pb2.MEASUREMENT_METHOD_NONE
+        return request
     needed_ms = 2000 if ad.mtype == MTYPE_VIDEO else 1000
+    rng.seed(op.seed * 1_000_003 + op.index)
+    randint = rng.randint
     if op.exposure == "engaged":
-        percent, dwell_ms = (rng.randint(55, 100), rng.randint(needed_ms + 300, needed_ms * 3))
+        percent, dwell_ms = (randint(55, 100), randint(needed_ms + 300, needed_ms * 3))
     elif op.exposure == "scrolled_past":
-        percent, dwell_ms = (rng.randint(55, 100), rng.randint(100, needed_ms - 300))
+        percent, dwell_ms = (randint(55, 100), randint(100, needed_ms - 300))
     else:  # below the fold: never half in view
-        percent, dwell_ms = (rng.randint(0, 25), rng.randint(500, 5000))
-    samples, t = [], 0
-    while t <= dwell_ms:
-        samples.append(verifier_pb2.InViewSample(offset_ms=t, in_view_percent=percent))
-        t += rng.randint(*interval_ms)
-    samples.append(verifier_pb2.InViewSample(offset_ms=t, in_view_percent=0))  # scrolled away or ad ended
+        percent, dwell_ms = (randint(0, 25), randint(500, 5000))
     kind = op.placement.kind
-    method = (verifier_pb2.MEASUREMENT_METHOD_OM_SDK if kind in ("app", "ctv")
-              else verifier_pb2.MEASUREMENT_METHOD_SAFEFRAME if op.index % 4 == 0
-              else verifier_pb2.MEASUREMENT_METHOD_GEOMETRY)
-    return verifier_pb2.RecordExposureRequest(token=ad.token, method=method, samples=samples)
+    request.method = (verifier_pb2.MEASUREMENT_METHOD_OM_SDK if kind in ("app", "ctv")
+                      else verifier_pb2.MEASUREMENT_METHOD_SAFEFRAME if op.index % 4 == 0
+                      else verifier_pb2.MEASUREMENT_METHOD_GEOMETRY)
+    add, (shortest, longest), t = request.samples.add, interval_ms, 0
+    while t <= dwell_ms:
+        add(offset_ms=t, in_view_percent=percent)
+        t += randint(shortest, longest)
+    add(offset_ms=t, in_view_percent=0)  # scrolled away or ad ended
+    return request
+
+
+def render_delay_ms(op: Opportunity, ad: exchange_pb2.Ad, rng: random.Random) -> float:
+    """How long the client waits before its beacon: a human's layout and
+    paint, a bot's few milliseconds (drawn from `rng`, reseeded from the
+    opportunity), a late client until past the token's expiry."""
+    if op.user.kind != "human":
+        rng.seed(op.index)
+        return rng.uniform(*BOT_RENDER_DELAY_MS[op.user.kind])
+    if op.late:
+        return max(0.0, ad.expires_at_ms - time.time() * 1000.0) + op.render_delay_ms
+    return op.render_delay_ms
 
 
 class Driver:
@@ -236,9 +268,11 @@ class Driver:
                         await asyncio.sleep(wait)
                 while True:
                     try:
-                        await asyncio.wait_for(open_slots.acquire(), timeout=0.2)
+                        # Unlike wait_for, a timeout scope runs the acquire without a task of its own.
+                        async with asyncio.timeout(0.2):
+                            await open_slots.acquire()
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         if self._clock() > deadline:
                             break
                 if self._clock() > deadline:
@@ -278,13 +312,7 @@ class Driver:
             if ad is not None:
                 record.render = op.fate
             return record
-        if op.user.kind != "human":
-            delay_ms = random.Random(op.index).uniform(*BOT_RENDER_DELAY_MS[op.user.kind])
-        elif op.late:
-            delay_ms = max(0.0, ad.expires_at_ms - time.time() * 1000.0) + op.render_delay_ms
-        else:
-            delay_ms = op.render_delay_ms
-        await asyncio.sleep(delay_ms / 1000.0)
+        await asyncio.sleep(render_delay_ms(op, ad, clients.rng) / 1000.0)
         if await clients.render(op, record, ad):
             await clients.report_exposure(op, record, ad)
             if op.click:

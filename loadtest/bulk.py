@@ -25,8 +25,8 @@ import grpc
 
 from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, exchange_pb2, exchange_pb2_grpc, verifier_pb2_grpc,
                         verifier_pb2)
-from loadtest.behaviour import (BOT_RENDER_DELAY_MS, OUTCOME_NAMES, RPC_TIMEOUT_S, ad_request, click, exposure,
-                                render_cause)
+from loadtest.behaviour import (OUTCOME_NAMES, RPC_TIMEOUT_S, ad_request, click, exposure, render_cause,
+                                render_delay_ms)
 from loadtest.truth import Record, Truth
 from loadtest.world import Opportunity
 from services.runtime.peers import MESSAGE_LIMIT_OPTIONS
@@ -41,13 +41,12 @@ class BulkDriver:
     to `batches_in_flight` batches open; renders and tag reports are batched
     by when they are due, flushed every `flush_ms`."""
 
-    def __init__(self, addresses: Mapping[str, Mapping[str, str]], truth: Truth, seed: int,
+    def __init__(self, addresses: Mapping[str, Mapping[str, str]], truth: Truth,
                  sample_interval_ms: tuple[int, int] = (100, 200), auction_type: int = 0, tmax_ms: int = 0,
                  batch_size: int = 250, batches_in_flight: int = 2, flush_ms: float = 20.0,
                  clock: Callable[[], float] = time.monotonic):
         self._addresses = addresses
         self.truth = truth
-        self._seed = seed
         self._interval = sample_interval_ms
         self._auction_type = auction_type
         self._tmax_ms = tmax_ms
@@ -64,6 +63,8 @@ class BulkDriver:
         self._seq = itertools.count()
         self._exposures: list[tuple[Opportunity, Record, exchange_pb2.Ad]] = []
         self._open_tasks: set[asyncio.Task] = set()
+        # Reseeded for each opportunity's draws (see exposure, render_delay_ms).
+        self._rng = random.Random()
 
     def run(self, plan: Sequence[Opportunity], deadline: float) -> bool:
         """Play the plan until it or the time runs out; False when cut short."""
@@ -105,18 +106,15 @@ class BulkDriver:
 
     async def _request_batch(self, chunk: Sequence[Opportunity], slots: asyncio.Semaphore) -> None:
         try:
-            items = []
+            request = exchange_pb2.RequestAdsRequest()
+            add = request.items.add
             for op in chunk:
-                item = ad_request(op, self._auction_type, self._tmax_ms)
-                item.caller_deadline_ms = int(op.deadline_ms)
-                items.append(item)
+                ad_request(op, self._auction_type, self._tmax_ms, add(caller_deadline_ms=int(op.deadline_ms)))
             records = [Record(key=op.request_id, user_kind=op.user.kind,
                               pod_break=op.pod.break_name if op.pod else "") for op in chunk]
             sent = time.perf_counter()
             try:
-                response = await self._exchange.RequestAds(exchange_pb2.RequestAdsRequest(items=items),
-                                                           timeout=RPC_TIMEOUT_S)
-                results = response.results
+                results = (await self._exchange.RequestAds(request, timeout=RPC_TIMEOUT_S)).results
             except grpc.RpcError as error:
                 results = None
                 for record in records:
@@ -124,19 +122,20 @@ class BulkDriver:
             elapsed_ms = (time.perf_counter() - sent) * 1000.0
             received = self._clock()
             self.requests_done += len(chunk)
-            for i, (op, record) in enumerate(zip(chunk, records)):
-                self.latencies_ms.append(elapsed_ms)
-                if results is None:
+            self.latencies_ms.extend(itertools.repeat(elapsed_ms, len(chunk)))
+            if results is None:
+                for record in records:
                     self._done(record)
-                    continue
-                ad = self._read_result(results[i], record)
+                return
+            for op, record, result in zip(chunk, records, results, strict=True):
+                ad = self._read_result(result, record)
                 if ad is None or op.fate != "render":
                     if ad is not None:
                         record.render = op.fate
                     self._done(record)
                     continue
-                heapq.heappush(self._renders, (received + _render_delay_ms(op, ad) / 1000.0, next(self._seq), op,
-                                               record, ad))
+                heapq.heappush(self._renders, (received + render_delay_ms(op, ad, self._rng) / 1000.0,
+                                               next(self._seq), op, record, ad))
         finally:
             slots.release()
 
@@ -189,19 +188,16 @@ class BulkDriver:
         """The begin-to-render beacons; a client that did not see its
         acknowledgement fires again, and that repeat rides in the same batch
         (the ad server must count the key once)."""
-        items, owners = [], []
+        request, owners = ad_server_pb2.RecordImpressionsRequest(), []
+        add = request.items.add
         for index, (op, _record, ad) in enumerate(due):
-            beacon = ad_server_pb2.RecordImpressionRequest(token=ad.token, user_agent=op.user.user_agent,
-                                                           ip=op.user.ip)
-            items.append(beacon)
+            add(token=ad.token, user_agent=op.user.user_agent, ip=op.user.ip)
             owners.append(index)
             if op.retry:
-                items.append(beacon)
+                add(token=ad.token, user_agent=op.user.user_agent, ip=op.user.ip)
                 owners.append(-1 - index)
         try:
-            response = await self._ad_server.RecordImpressions(
-                ad_server_pb2.RecordImpressionsRequest(items=items), timeout=RPC_TIMEOUT_S)
-            results = list(response.results)
+            results = list((await self._ad_server.RecordImpressions(request, timeout=RPC_TIMEOUT_S)).results)
         except grpc.RpcError as error:
             results = None
             failure = f"error_{error.code().name}"
@@ -231,12 +227,12 @@ class BulkDriver:
             await asyncio.gather(*(click(self._ad_server, *c) for c in clicks))
 
     async def _exposure_batch(self, reports: list[tuple[Opportunity, Record, exchange_pb2.Ad]]) -> None:
-        items = [exposure(op, ad, random.Random(self._seed * 1_000_003 + op.index), self._interval)
-                 for op, _record, ad in reports]
+        request = verifier_pb2.RecordExposuresRequest()
+        add = request.items.add
+        for op, _record, ad in reports:
+            exposure(op, ad, self._rng, self._interval, add())
         try:
-            response = await self._verifier.RecordExposures(verifier_pb2.RecordExposuresRequest(items=items),
-                                                            timeout=RPC_TIMEOUT_S)
-            results = list(response.results)
+            results = list((await self._verifier.RecordExposures(request, timeout=RPC_TIMEOUT_S)).results)
         except grpc.RpcError:
             results = None
         for i, (op, record, _ad) in enumerate(reports):
@@ -247,14 +243,4 @@ class BulkDriver:
     def _done(self, record: Record) -> None:
         self.truth.add(record)
         self.finished += 1
-
-
-def _render_delay_ms(op: Opportunity, ad: exchange_pb2.Ad) -> float:
-    """As the per-event clients wait: a human's layout and paint, a bot's few
-    milliseconds, a late client until past the token's expiry."""
-    if op.user.kind != "human":
-        return random.Random(op.index).uniform(*BOT_RENDER_DELAY_MS[op.user.kind])
-    if op.late:
-        return max(0.0, ad.expires_at_ms - time.time() * 1000.0) + op.render_delay_ms
-    return op.render_delay_ms
 

@@ -142,9 +142,9 @@ def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Map
         before = reconcile.chain_counts(reconcile.read_snapshots(addresses))
         limit_s = min(scenario.limits.max_duration_s, max_duration_s or float("inf"))
         if bulk:
-            driver = BulkDriver(addresses, truth, seed, interval_ms, traffic.auction_type, traffic.tmax_ms)
+            driver = BulkDriver(addresses, truth, interval_ms, traffic.auction_type, traffic.tmax_ms)
         else:
-            clients = Clients(addresses, truth, seed, interval_ms, traffic.auction_type, traffic.tmax_ms)
+            clients = Clients(addresses, truth, interval_ms, traffic.auction_type, traffic.tmax_ms)
             driver = Driver(clients, traffic.concurrency, traffic.rate_per_s)
         began = time.monotonic()
         if progress is not None:

@@ -77,7 +77,7 @@ class Opportunity:
     """One ad request and what its client will do with the answer."""
 
     index: int
-    request_id: str
+    seed: int  # the run's
     placement: Placement
     domain: str
     size: tuple[int, int]
@@ -95,6 +95,12 @@ class Opportunity:
     click: bool
     conversion: bool
     pod: PodSlot | None = None
+
+    @property
+    def request_id(self) -> str:
+        # Made when asked for rather than stored: at full scale (5.2M
+        # opportunities) the strings alone would hold some 300 MB.
+        return f"lt-{self.seed}-{self.index}"
 
 
 def deck(n: int, shares: Mapping[str, float], rng: random.Random, rest: str) -> list[str]:
@@ -166,7 +172,7 @@ def plan(scenario: Scenario, scale: float, seed: int, max_opportunities: int | N
         tight = deadline_cards[i] == "tight"
         fate = fate_cards[i]
         found.append(Opportunity(
-            index=i, request_id=f"lt-{seed}-{i}", placement=placement, domain=rng.choice(placement.domains),
+            index=i, seed=seed, placement=placement, domain=rng.choice(placement.domains),
             size=rng.choice(placement.sizes), user=user,
             deadline_ms=net.tight_deadline_ms if tight else net.client_deadline_ms, tight_deadline=tight,
             fate="render" if fate == "late" else fate, late=fate == "late",
