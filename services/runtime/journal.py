@@ -9,6 +9,7 @@ durable ledger will append these same records before acknowledging.
 from __future__ import annotations
 
 import threading
+from collections import deque
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,6 +25,10 @@ class Journal:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, tuple[str, str, str, str, int]] = {}
+        # The keys in arrival order, for dropping the oldest: a dict's first
+        # key after many deletions from its front is found only by scanning
+        # past every deleted slot, which a full journal would do per record.
+        self._order: deque[str] = deque()
         self._truncated = False
 
     def record(self, impression_key: str, outcome: str, *, reason: str = "", campaign_id: str = "",
@@ -33,9 +38,10 @@ class Journal:
             if impression_key in self._records:
                 return
             if len(self._records) >= self._capacity:
-                del self._records[next(iter(self._records))]
+                del self._records[self._order.popleft()]
                 self._truncated = True
             self._records[impression_key] = (outcome, reason, campaign_id, seat, int(self._clock() * 1000))
+            self._order.append(impression_key)
 
     def __len__(self) -> int:
         with self._lock:
