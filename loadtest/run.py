@@ -140,7 +140,9 @@ def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Map
         interval_ms = scenario.behaviour.exposure.sample_interval_ms
         traffic = scenario.traffic
         before = reconcile.chain_counts(reconcile.read_snapshots(addresses))
-        limit_s = min(scenario.limits.max_duration_s, max_duration_s or float("inf"))
+        # An explicit limit (a full-scale run needs more than a scenario's
+        # default) replaces the scenario's.
+        limit_s = scenario.limits.max_duration_s if max_duration_s is None else max_duration_s
         if bulk:
             driver = BulkDriver(addresses, truth, interval_ms, traffic.auction_type, traffic.tmax_ms)
         else:

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          "writes); default: start a local chain set up by the scenario")
     loadtest.add_argument("--scale", type=float, default=0.001, help="factor on the scenario's volume (default 0.001)")
     loadtest.add_argument("--seed", type=int, default=1)
-    loadtest.add_argument("--duration", type=float, help="stop starting opportunities after this many seconds")
+    loadtest.add_argument("--duration", type=float,
+                          help="stop starting opportunities after this many seconds "
+                               "(default: the scenario's [limits] max_duration_s)")
     loadtest.add_argument("--max-opportunities", type=int, help="at most this many opportunities")
     loadtest.add_argument("--bulk", action="store_true",
                           help="play the same world through the batch RPCs (RequestAds, RecordImpressions, "
