@@ -110,9 +110,10 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
             return self._win(request, batch)
 
     def NotifyWins(self, request: bidder_pb2.NotifyWinsRequest, context) -> bidder_pb2.NotifyWinsResponse:
+        response = bidder_pb2.NotifyWinsResponse()
         with self._ledger.batch() as batch:
-            results = answer_each(request.items, lambda item: self._win(item, batch), bidder_pb2.NotifyWinResult)
-        return bidder_pb2.NotifyWinsResponse(results=results)
+            answer_each(request.items, lambda item: self._win(item, batch), response.results.add)
+        return response
 
     def NotifyBilling(self, request: bidder_pb2.NotifyBillingRequest, context) -> bidder_pb2.NotifyBillingResponse:
         with self._ledger.batch() as batch:
@@ -121,28 +122,30 @@ class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     def NotifyBillings(self, request: bidder_pb2.NotifyBillingsRequest,
                        context) -> bidder_pb2.NotifyBillingsResponse:
         # Every counted billing of the batch accrues in one pricing_core call.
+        response = bidder_pb2.NotifyBillingsResponse()
         with self._ledger.batch() as batch:
-            results = answer_each(request.items, lambda item: self._billing(item, batch),
-                                  bidder_pb2.NotifyBillingResult)
-        return bidder_pb2.NotifyBillingsResponse(results=results)
+            answer_each(request.items, lambda item: self._billing(item, batch), response.results.add)
+        return response
 
     def NotifyEvent(self, request: bidder_pb2.NotifyEventRequest, context) -> bidder_pb2.NotifyEventResponse:
         with self._ledger.batch() as batch:
             return self._event(request, batch)
 
     def NotifyEvents(self, request: bidder_pb2.NotifyEventsRequest, context) -> bidder_pb2.NotifyEventsResponse:
+        response = bidder_pb2.NotifyEventsResponse()
         with self._ledger.batch() as batch:
-            results = answer_each(request.items, lambda item: self._event(item, batch), bidder_pb2.NotifyEventResult)
-        return bidder_pb2.NotifyEventsResponse(results=results)
+            answer_each(request.items, lambda item: self._event(item, batch), response.results.add)
+        return response
 
     def NotifyLoss(self, request: bidder_pb2.NotifyLossRequest, context) -> bidder_pb2.NotifyLossResponse:
         with self._ledger.batch() as batch:
             return self._loss(request, batch)
 
     def NotifyLosses(self, request: bidder_pb2.NotifyLossesRequest, context) -> bidder_pb2.NotifyLossesResponse:
+        response = bidder_pb2.NotifyLossesResponse()
         with self._ledger.batch() as batch:
-            results = answer_each(request.items, lambda item: self._loss(item, batch), bidder_pb2.NotifyLossResult)
-        return bidder_pb2.NotifyLossesResponse(results=results)
+            answer_each(request.items, lambda item: self._loss(item, batch), response.results.add)
+        return response
 
     def GetCounts(self, request, context) -> bidder_pb2.BidderServiceGetCountsResponse:
         return bidder_pb2.BidderServiceGetCountsResponse(snapshot=self._ledger.tally.snapshot())

@@ -49,24 +49,26 @@ def failed(prefix: str) -> batch_pb2.ItemStatus:
     return batch_pb2.ItemStatus(code=code_pb2.INTERNAL, field=prefix, message="internal error")
 
 
-def answer_each(items: Sequence[Item], handle: Callable[[Item], Any], result_type: type,
+def answer_each(items: Sequence[Item], handle: Callable[[Item], Any], add_result: Callable[..., Any],
                 prefix: str = "items") -> list:
-    """`result_type(status=..., response=handle(item))` for every item, in
+    """`add_result(status=..., response=handle(item))` for every item, in
     order; a RequestError becomes that item's status, anything unexpected an
-    INTERNAL status (logged), and the next item is judged all the same."""
+    INTERNAL status (logged), and the next item is judged all the same.
+    `add_result` is a batch response's `results.add` (the results are made
+    in place: a list of them handed to the response's constructor would be
+    copied into it) or a result message class; the results are returned."""
     results = []
     for i, item in enumerate(items):
-        where = f"{prefix}[{i}]"
         try:
             response = handle(item)
         except RequestError as error:
-            results.append(result_type(status=refused(error, where)))
+            results.append(add_result(status=refused(error, f"{prefix}[{i}]")))
             continue
         except Exception:
-            log.exception("%s failed", where)
-            results.append(result_type(status=failed(where)))
+            log.exception("%s[%d] failed", prefix, i)
+            results.append(add_result(status=failed(f"{prefix}[{i}]")))
             continue
-        results.append(result_type(status=OK, response=response))
+        results.append(add_result(status=OK, response=response))
     return results
 
 
