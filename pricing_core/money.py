@@ -12,6 +12,7 @@ that `accrue` sums, so the sum of accrued spend equals the sum of billed prices 
 """
 from __future__ import annotations
 
+import functools
 import math
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -34,6 +35,12 @@ def price_to_micros(price: float) -> int:
     micros = (Decimal(repr(float(price))) * MICROS_PER_UNIT).quantize(
         Decimal(1), rounding=ROUND_HALF_UP)
     return int(micros)
+
+
+# The same conversion, remembered per distinct float (typed: 1 and 1.0 and
+# True are kept apart, so a bool is still refused). Prices on the wire repeat
+# (a campaign's bid, a placement's floor), so a service converts each once.
+cached_price_to_micros = functools.lru_cache(maxsize=4096, typed=True)(price_to_micros)
 
 
 def micros_to_price(micros: int) -> float:

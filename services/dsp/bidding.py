@@ -10,7 +10,6 @@ OpenRTB float floor is converted once, here at the edge.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -20,7 +19,7 @@ from pricing_core.campaigns import (DIM_COUNTRY, DIM_DEVICE, DIM_FORMAT, DIM_SIZ
                                     SET_DOMAIN, SET_SEGMENT)
 from pricing_core.engine import PricingEngine
 from pricing_core.evaluate import REASON_NAMES
-from pricing_core.money import price_to_micros
+from pricing_core.money import cached_price_to_micros
 from pricing_core.opportunities import user_key_hash
 from services.dsp.settings import CampaignSettings, DspSettings
 from services.runtime.errors import InvalidArgument
@@ -173,7 +172,7 @@ def _placement(i: int, imp: openrtb_pb2.Imp) -> Placement:
         imp_id,
         fmt,
         _sizes(imp, fmt) or _NO_SIZE,
-        _floor_micros(bidfloor),
+        cached_price_to_micros(bidfloor),
         tuple(d.id for d in imp.pmp.deals if d.id) if imp.HasField("pmp") else (),
         viewability,
         ctr,
@@ -181,9 +180,6 @@ def _placement(i: int, imp: openrtb_pb2.Imp) -> Placement:
 
 
 _NO_SIZE = ((0, 0),)
-# Floors repeat (exchanges send them from price grids) and the exact conversion
-# goes through Decimal, so each distinct floor is converted once.
-_floor_micros = functools.lru_cache(maxsize=4096)(price_to_micros)
 
 
 def _sizes(imp: openrtb_pb2.Imp, fmt: str) -> tuple[tuple[int, int], ...]:

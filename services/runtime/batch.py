@@ -50,26 +50,24 @@ def failed(prefix: str) -> batch_pb2.ItemStatus:
 
 
 def answer_each(items: Sequence[Item], handle: Callable[[Item], Any], add_result: Callable[..., Any],
-                prefix: str = "items") -> list:
+                prefix: str = "items") -> None:
     """`add_result(status=..., response=handle(item))` for every item, in
     order; a RequestError becomes that item's status, anything unexpected an
     INTERNAL status (logged), and the next item is judged all the same.
-    `add_result` is a batch response's `results.add` (the results are made
-    in place: a list of them handed to the response's constructor would be
-    copied into it) or a result message class; the results are returned."""
-    results = []
+    `add_result` is a batch response's `results.add`: each result is made
+    where it stays (a list of results handed to the response's constructor
+    would be copied into it)."""
     for i, item in enumerate(items):
         try:
             response = handle(item)
         except RequestError as error:
-            results.append(add_result(status=refused(error, f"{prefix}[{i}]")))
+            add_result(status=refused(error, f"{prefix}[{i}]"))
             continue
         except Exception:
             log.exception("%s[%d] failed", prefix, i)
-            results.append(add_result(status=failed(f"{prefix}[{i}]")))
+            add_result(status=failed(f"{prefix}[{i}]"))
             continue
-        results.append(add_result(status=OK, response=response))
-    return results
+        add_result(status=OK, response=response)
 
 
 def status_counts(results: Sequence[Any]) -> dict[str, int]:

@@ -7,7 +7,6 @@ every item's auction at once, each exactly as a RequestAd would run it."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -18,7 +17,7 @@ from typing import Protocol
 from google.rpc import code_pb2
 
 from adchain.v1 import batch_pb2, bidder_pb2, exchange_pb2, openrtb_pb2, token_pb2
-from pricing_core.money import price_to_micros
+from pricing_core.money import cached_price_to_micros
 from services.runtime import batch
 from services.runtime.errors import InvalidArgument, RequestError
 from services.runtime.tokens import TokenCodec
@@ -90,9 +89,6 @@ class Exchange:
         self._tokens = tokens
         self._ledger = ledger
         self._clock = clock
-        # Bid prices and floors repeat (a campaign's bid, a placement's
-        # floor): each distinct float is converted to micros once.
-        self._micros = functools.lru_cache(maxsize=4096, typed=True)(price_to_micros)
         self._random_ids = _RandomIds()
 
     async def request_ad(self, request: exchange_pb2.RequestAdRequest
@@ -229,7 +225,7 @@ class Exchange:
     def _clear_single(self, read: Sequence[_Read]) -> list[auction.Outcome]:
         """Single-Imp auctions cleared in one kernel call."""
         return auction.clear_many([[c.price_micros for c in r.candidates] for r in read],
-                                  [self._micros(r.auction.bid_request.imp[0].bidfloor) for r in read],
+                                  [cached_price_to_micros(r.auction.bid_request.imp[0].bidfloor) for r in read],
                                   [r.auction.bid_request.at for r in read], self._settings.increment_micros)
 
     def _settle(self, read: _Read, outcome: auction.Outcome, response: exchange_pb2.RequestAdResponse) -> list[Placed]:
@@ -271,7 +267,7 @@ class Exchange:
                 if bid.impid not in imp_ids or not bid.HasField("price") or not bid.id:
                     continue
                 try:
-                    price = self._micros(bid.price)
+                    price = cached_price_to_micros(bid.price)
                 except ValueError:
                     continue
                 if price > 0:
@@ -289,7 +285,7 @@ class Exchange:
                 self._send_loss(bid_request, imp, candidate, LOSS_ADVERTISER_EXCLUSIONS, None)
             else:
                 eligible.append(candidate)
-        outcome = auction.clear([c.price_micros for c in eligible], self._micros(imp.bidfloor), bid_request.at,
+        outcome = auction.clear([c.price_micros for c in eligible], cached_price_to_micros(imp.bidfloor), bid_request.at,
                                 self._settings.increment_micros)
         return self._award(bid_request, imp, eligible, outcome, new_ad)
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pricing_core.money import (cpm_cost_micros, impression_cost_micros, micros_to_price,
+from pricing_core.money import (cached_price_to_micros, cpm_cost_micros, impression_cost_micros, micros_to_price,
                                 price_to_micros)
 
 
@@ -44,3 +44,13 @@ def test_impression_cost_is_cpm_over_1000_rounded_half_away(cpm_micros, per_impr
 def test_six_dollar_cpm_on_4_92m_served_is_29520_dollars():
     assert cpm_cost_micros(4_920_000, price_to_micros(6.00)) == price_to_micros(29_520.0)
     assert impression_cost_micros(6_000_000) * 4_920_000 == 29_520 * 1_000_000
+
+
+def test_the_cached_conversion_agrees_and_still_refuses_what_the_exact_one_refuses():
+    assert [cached_price_to_micros(p) for p in (1.0, 0.1, 1.0000005, 1.0)] == [1_000_000, 100_000, 1_000_001,
+                                                                               1_000_000]
+    # 1.0 is remembered; True equals it but is not a price.
+    with pytest.raises(ValueError):
+        cached_price_to_micros(True)
+    with pytest.raises(ValueError):
+        cached_price_to_micros(math.nan)
