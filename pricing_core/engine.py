@@ -253,19 +253,21 @@ class PricingEngine:
                 users = np.broadcast_to(users, campaign.shape)
         return self._book(campaign, price, kind, users, None)
 
-    def accrue_batch(self, campaign, price_micros, kind, user_key_hash) -> int:
+    def accrue_batch(self, campaign, price_micros, kind, user_key_hash, *, at_s: float | None = None) -> int:
         """accrue for a batch whose events each carry their own user key hash, 0 for an
         event without a user (it counts toward no frequency cap): one call books what
-        accrue, called once per event in the same order, books."""
+        accrue, called once per event in the same order, books. `at_s` books them at
+        that time instead of now: replaying a ledger's accruals, oldest first, rebuilds
+        spend, daily spend, counters and frequency windows exactly as they were booked."""
         campaign, price, kind = _event_arrays(campaign, price_micros, kind)
         users = np.asarray(user_key_hash, np.int64)
         if users.shape != campaign.shape:
             raise ValueError("user_key_hash must have one entry per event")
-        return self._book(campaign, price, kind, users, users != 0)
+        return self._book(campaign, price, kind, users, users != 0, at_s)
 
     def _book(self, campaign: np.ndarray, price: np.ndarray, kind: np.ndarray,
-              users: np.ndarray | None, has_user: np.ndarray | None) -> int:
-        now_s = self._clock()
+              users: np.ndarray | None, has_user: np.ndarray | None, at_s: float | None = None) -> int:
+        now_s = self._clock() if at_s is None else at_s
         self._roll_day(now_s)
         with self._lock:
             g = self._generation

@@ -82,16 +82,22 @@ ADSERVER_DEFAULTS = {"ivt": {"min_render_ms": 0}}
 
 
 def start_chain(dsp_overrides: dict | None = None, ssp_overrides: dict | None = None,
-                adserver_overrides: dict | None = None) -> Chain:
+                adserver_overrides: dict | None = None, ledger_dir: Path | None = None) -> Chain:
+    """The chain in this process; with `ledger_dir`, each role keeps its
+    ledger there (a second chain on the same folder resumes its counts)."""
+    def ledger(name: str) -> dict:
+        return {} if ledger_dir is None else {"ledger": {"path": str(ledger_dir / f"{name}.sqlite")}}
+
     running: dict[str, server.RunningRole] = {}
     for name, campaigns in CAMPAIGNS.items():
         dsp = {"seat": name, **(dsp_overrides or {}).get(name, {})}
-        running[name] = start_role("dsp", name, {"dsp": dsp, "campaigns": campaigns})
+        running[name] = start_role("dsp", name, {"dsp": dsp, "campaigns": campaigns, **ledger(name)})
     dsps = [{"name": n, "address": running[n].grpc_address} for n in CAMPAIGNS]
-    running["ssp"] = start_role("ssp", "ssp", {"dsps": dsps, "tokens": TOKENS, "exchange": ssp_overrides or {}})
-    running["adserver"] = start_role("adserver", "adserver",
-                                     {"dsps": dsps, "tokens": TOKENS, **(adserver_overrides or ADSERVER_DEFAULTS)})
-    running["verifier"] = start_role("verifier", "verifier", {"dsps": dsps, "tokens": TOKENS})
+    running["ssp"] = start_role("ssp", "ssp", {"dsps": dsps, "tokens": TOKENS, "exchange": ssp_overrides or {},
+                                               **ledger("ssp")})
+    running["adserver"] = start_role("adserver", "adserver", {
+        "dsps": dsps, "tokens": TOKENS, **(adserver_overrides or ADSERVER_DEFAULTS), **ledger("adserver")})
+    running["verifier"] = start_role("verifier", "verifier", {"dsps": dsps, "tokens": TOKENS, **ledger("verifier")})
     channels = {n: grpc.insecure_channel(r.grpc_address) for n, r in running.items()}
     return Chain(running, channels)
 

@@ -23,7 +23,8 @@ from services.adserver.ivt import InvalidTrafficFilter
 from services.adserver.ledger import AdServerEntries, AdServerLedger
 from services.adserver.settings import FrequencyCap
 from services.runtime.batch import answer_each
-from services.runtime.dedupe import ExpiringMap
+from services.runtime.dedupe import DurableKeys, ExpiringMap
+from services.runtime.journal import DurableJournal
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.tokens import TokenCodec, TokenError
 
@@ -70,6 +71,63 @@ class FrequencyCaps:
             times.append(now_s)
             return True
 
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+    def restore(self, viewer: str, campaign_id: str, at_s: float) -> None:
+        """A counted impression from before a restart (oldest first), back in its window."""
+        if campaign_id in self._caps and viewer:
+            with self._lock:
+                self._seen.setdefault((viewer, campaign_id), collections.deque()).append(at_s)
+
+    def longest_window_s(self) -> float:
+        return max((c.window_s for c in self._caps.values()), default=0.0)
+
+
+class _MemoryImpressions:
+    """Impression keys taken, in memory (a role without a ledger): key -> verdict."""
+
+    journaled = False  # the verdict goes to the journal when the call's counts post
+
+    def __init__(self, clock: Callable[[], float]):
+        self._keys = ExpiringMap(clock)
+
+    def take(self, token: token_pb2.ImpressionToken, verdict: str, viewer: str) -> bool:
+        return self._keys.add(token.impression_key, token.expires_at_ms / 1000.0 + CONVERSION_WINDOW_S, verdict)
+
+    def counted(self, impression_key: str) -> bool:
+        return self._keys.get(impression_key) == "counted"
+
+
+class _LedgerImpressions:
+    """Impression keys taken, as the ledger's journal rows: the first
+    verdict per key is the key taken, so a repeat is refused by the store."""
+
+    journaled = True  # the verdict is the journal row, written as the key is taken
+
+    def __init__(self, journal: DurableJournal):
+        self._journal = journal
+
+    def take(self, token: token_pb2.ImpressionToken, verdict: str, viewer: str) -> bool:
+        outcome, reason = VERDICT_OUTCOMES.get(verdict, ("invalid", verdict))
+        return self._journal.record(token.impression_key, outcome, reason=reason, campaign_id=token.campaign_id,
+                                    seat=token.seat, viewer=viewer)
+
+    def counted(self, impression_key: str) -> bool:
+        return self._journal.outcome(impression_key) == "rendered"
+
+
+# A verdict -> the journal's (outcome, reason); any other verdict is an invalid-traffic reason.
+VERDICT_OUTCOMES = {"counted": ("rendered", ""), "capped": ("capped", "")}
+
+
+def viewer_of(user_key: str, ip: str) -> str:
+    """Who a render is from, as the journal keeps it to rebuild the windows
+    after a restart: the user key (what frequency caps count), else "@" and
+    the address (what the invalid-traffic rate counts without a user)."""
+    return user_key or (f"@{ip}" if ip else "")
+
 
 class ImpressionCounter:
     def __init__(self, tokens: TokenCodec, ledger: AdServerLedger, known_seats: frozenset[str],
@@ -81,10 +139,31 @@ class ImpressionCounter:
         self._caps = caps
         self._notify = notify
         self._clock = clock
-        self._impressions = ExpiringMap(clock)  # key -> "counted" or why not
-        self._clicks = ExpiringMap(clock)
-        self._conversions = ExpiringMap(clock)
-        self._video = ExpiringMap(clock)
+        store = ledger.store
+        if store is None:
+            self._impressions = _MemoryImpressions(clock)
+            self._clicks, self._conversions, self._video = ExpiringMap(clock), ExpiringMap(clock), ExpiringMap(clock)
+        else:
+            self._impressions = _LedgerImpressions(ledger.journal)
+            self._clicks, self._conversions, self._video = (
+                DurableKeys(store, space, clock) for space in ("click", "conversion", "video"))
+            self.restore_windows()
+
+    def restore_windows(self) -> None:
+        """Rebuild the invalid-traffic and frequency-cap windows from the
+        renders the ledger holds (at start, and after a failed write)."""
+        since_ms = int((self._clock() - max(60.0, self._caps.longest_window_s())) * 1000)
+        ivt_since_ms = int(self._clock() * 1000) - 60_000
+        rows = self._ledger.store.query(
+            "SELECT viewer, campaign, at_ms, outcome FROM journal WHERE at_ms >= ? AND viewer != '' "
+            "AND outcome != 'late' ORDER BY at_ms", (since_ms,))
+        self._ivt.reset()
+        self._caps.reset()
+        for viewer, campaign_id, at_ms, outcome in rows:
+            if at_ms >= ivt_since_ms:
+                self._ivt.restore(viewer.removeprefix("@"), at_ms)
+            if outcome == "rendered" and not viewer.startswith("@"):
+                self._caps.restore(viewer, campaign_id, at_ms / 1000.0)
 
     def record_impression(self, request: ad_server_pb2.RecordImpressionRequest
                           ) -> ad_server_pb2.RecordImpressionResponse:
@@ -115,7 +194,7 @@ class ImpressionCounter:
         verdict = self._judge(token, request.user_agent, request.ip, now)
         # Every first render of a key takes the key, whatever its verdict: a
         # repeated pixel is a duplicate, never a second chance.
-        if not self._impressions.add(token.impression_key, expires_at_ms / 1000.0 + CONVERSION_WINDOW_S, verdict):
+        if not self._impressions.take(token, verdict, viewer_of(token.user_key, request.ip)):
             entries.record_duplicate("impression")
             return dict(outcome=DUPLICATE)
         if verdict == "counted":
@@ -144,7 +223,7 @@ class ImpressionCounter:
 
     def _click(self, request: ad_server_pb2.RecordClickRequest, entries: AdServerEntries) -> int:
         token = self._verified(request.token, entries)
-        if self._impressions.get(token.impression_key) != "counted":
+        if not self._impressions.counted(token.impression_key):
             return NO_IMPRESSION
         if not self._clicks.add(token.impression_key, self._clock() + CONVERSION_WINDOW_S):
             entries.record_duplicate("click")
@@ -184,7 +263,7 @@ class ImpressionCounter:
         token = self._verified(text, entries)
         if token.mtype != 2:
             raise InvalidArgument("token", "is not for a video ad")
-        if self._impressions.get(token.impression_key) != "counted":
+        if not self._impressions.counted(token.impression_key):
             return NO_IMPRESSION
         if self._clock() * 1000 > token.expires_at_ms:
             entries.record_late("video", token)

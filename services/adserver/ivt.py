@@ -103,6 +103,18 @@ class InvalidTrafficFilter:
             return "user_rate_exceeded"
         return None
 
+    def reset(self) -> None:
+        with self._lock:
+            self._recent.clear()
+
+    def restore(self, viewer: str, at_ms: int) -> None:
+        """A render attempt from before a restart (oldest first), back in the
+        viewer's window."""
+        if viewer:
+            with self._lock:
+                self._recent.setdefault(viewer, collections.deque()).append(at_ms)
+                self._recent.move_to_end(viewer)
+
     def _count_render(self, viewer: str, now_ms: int) -> bool:
         if not viewer:
             return False

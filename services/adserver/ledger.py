@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, Counter
 from adchain.v1 import token_pb2
 from services.adserver.ivt import REASONS as IVT_REASONS
 from services.runtime.counting import Tally
-from services.runtime.journal import Journal
+from services.runtime.journal import DurableJournal, Journal
+from services.runtime.store import LedgerStore
 from services.runtime.metrics import ImpressionMetrics, labelled_counters
 from services.runtime.tokens import TOKEN_REJECT_REASONS
 
@@ -29,11 +30,13 @@ VIDEO_EVENTS = ("start", "first_quartile", "midpoint", "third_quartile", "comple
 
 
 class AdServerLedger:
-    def __init__(self, instance: str, registry: CollectorRegistry, clock: Callable[[], float]):
-        self.tally = Tally("adserver", instance, clock)
+    def __init__(self, instance: str, registry: CollectorRegistry, clock: Callable[[], float],
+                 store: LedgerStore | None = None):
+        self.store = store
+        self.tally = Tally("adserver", instance, clock, store)
         self.tally.declare(("rendered", "invalid", "capped", "duplicates", "late", "rejected_tokens", "clicks",
                             "conversions", "billing_notices"))
-        self.journal = Journal(clock=clock)
+        self.journal = Journal(clock=clock) if store is None else DurableJournal(store, clock)
         self._impressions = ImpressionMetrics("adserver", registry)
         self._invalid = labelled_counters("adchain_adserver_invalid_impressions", "Renders filtered as invalid "
                                           "traffic, by reason; never billed.", {"reason": IVT_REASONS}, registry)
@@ -66,10 +69,14 @@ class AdServerLedger:
     def record_notice(self, kind: str, outcome: str, n: int = 1) -> None:
         if kind == "billing":
             self.tally.add("billing_notices", n, reason=outcome)
-            self._billing[outcome].inc(n)
+            child = self._billing[outcome]
         else:
             self.tally.add("event_notices", n, reason=f"{kind}:{outcome}")
-            self._event_notices[(kind, outcome)].inc(n)
+            child = self._event_notices[(kind, outcome)]
+        if self.store is None:
+            child.inc(n)
+        else:
+            self.store.on_commit(lambda: child.inc(n))
 
     def _post(self, entries: AdServerEntries) -> None:
         for (name, reason, campaign), n in entries.counts.items():
@@ -84,9 +91,15 @@ class AdServerLedger:
             rendered += n
         for impression_key, outcome, reason, campaign_id, seat in entries.verdicts:
             self.journal.record(impression_key, outcome, reason=reason, campaign_id=campaign_id, seat=seat)
+        if self.store is None:
+            self._count_metrics(rendered, entries.metrics)
+        else:  # metrics move with the ledger: only what is committed
+            self.store.on_commit(lambda: self._count_metrics(rendered, entries.metrics))
+
+    def _count_metrics(self, rendered: int, metrics: dict) -> None:
         if rendered:
             self._impressions.record("rendered", rendered)
-        for child, n in entries.metrics.items():
+        for child, n in metrics.items():
             child.inc(n)
 
 
@@ -97,6 +110,8 @@ class AdServerEntries:
 
     def __init__(self, ledger: AdServerLedger):
         self._ledger = ledger
+        # With a ledger, a render's verdict is its journal row, written as its key is taken.
+        self._journal_verdicts = ledger.store is None
         self.counts: dict[tuple[str, str, str], int] = {}  # (name, reason, campaign) -> n
         self.verdicts: list[tuple[str, str, str, str, str]] = []  # journal records, in event order
         # (seat, campaign) -> [impressions at the chain's rendered stage, their
@@ -120,16 +135,19 @@ class AdServerEntries:
         rendered[0] += 1
         rendered[1] += token.price_micros
         rendered[2] += token.duration_s
-        self.verdicts.append((token.impression_key, "rendered", "", campaign_id, seat))
+        if self._journal_verdicts:
+            self.verdicts.append((token.impression_key, "rendered", "", campaign_id, seat))
 
     def record_invalid(self, token: token_pb2.ImpressionToken, reason: str) -> None:
         self._count("invalid", reason=reason, campaign=token.campaign_id)
-        self.verdicts.append((token.impression_key, "invalid", reason, token.campaign_id, token.seat))
+        if self._journal_verdicts:
+            self.verdicts.append((token.impression_key, "invalid", reason, token.campaign_id, token.seat))
         self._inc(self._ledger._invalid[reason])
 
     def record_capped(self, token: token_pb2.ImpressionToken) -> None:
         self._count("capped", campaign=token.campaign_id)
-        self.verdicts.append((token.impression_key, "capped", "", token.campaign_id, token.seat))
+        if self._journal_verdicts:
+            self.verdicts.append((token.impression_key, "capped", "", token.campaign_id, token.seat))
         self._inc(self._ledger._capped)
 
     def record_duplicate(self, event: str) -> None:

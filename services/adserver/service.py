@@ -47,11 +47,11 @@ class AdServerServicer(ad_server_pb2_grpc.AdServerServiceServicer):
 
 class AdServerApp:
     def __init__(self, config: AdServerConfig, context: RoleContext):
-        self.ledger = AdServerLedger(context.instance, context.registry, context.clock)
+        self.ledger = AdServerLedger(context.instance, context.registry, context.clock, context.store)
         self._dsps = BidderPeers(config.dsps)
         stubs = self._dsps.aio_stubs
-        self.notices = NoticeSender(stubs, config.billing, self.ledger.record_notice)
-        counter = ImpressionCounter(
+        self.notices = NoticeSender(stubs, config.billing, self.ledger.record_notice, store=context.store)
+        self._counter = counter = ImpressionCounter(
             TokenCodec(config.tokens), self.ledger, frozenset(stubs), InvalidTrafficFilter(config.ivt),
             FrequencyCaps(config.frequency_caps), self.notices.submit_many, context.clock,
         )
@@ -64,7 +64,12 @@ class AdServerApp:
         )]
 
     def start(self) -> None:
-        pass
+        self.notices.resume()
+
+    def reload(self) -> None:
+        """After the ledger failed a write and takes writes again: memory as the ledger holds it."""
+        self.ledger.tally.reload()
+        self._counter.restore_windows()
 
     async def close(self, timeout_s: float) -> None:
         # Notices still batching or waiting to retry get one last try, and

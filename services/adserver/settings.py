@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from services.adserver.ivt import IvtSettings
-from services.runtime.config import Peer, RetrySettings, ServerSettings, duplicate_names
+from services.runtime.config import LedgerSettings, Peer, RetrySettings, ServerSettings, duplicate_names
 from services.runtime.tokens import TokenSettings
 
 
@@ -32,6 +32,7 @@ class FrequencyCap:
 @dataclasses.dataclass(frozen=True)
 class AdServerConfig:
     server: ServerSettings = ServerSettings()
+    ledger: LedgerSettings = LedgerSettings()
     # Billing and event notices to DSPs (OpenRTB 2.6 burl): every 10 s for a minute by default.
     billing: RetrySettings = RetrySettings()
     ivt: IvtSettings = IvtSettings()

@@ -16,12 +16,20 @@ Notices count through a `LedgerBatch`: a unary notice is a batch of one, a
 batch of notices one batch, so both book the same counts and the same spend.
 Bid responses answered together (one Bid, or the requests decided together on
 a stream) count in one `record_answers`.
+
+With a ledger, the keys that make notices idempotent (win and loss per bid,
+billing and events per impression key) are the ledger's, and each notice
+batch's accruals are written as one row of columns, applied to pricing_core
+once committed; at start they are replayed, oldest first, at the times they
+were booked, so spend, budgets, pacing and frequency windows are what they
+were.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pricing_core.engine import BILLED_IMPRESSION, CLICK, VIEWABLE, PricingEngine
@@ -29,8 +37,9 @@ from pricing_core.money import impression_cost_micros
 from services.dsp.bidding import NO_BID_REASONS
 from services.dsp.settings import CampaignSettings
 from services.runtime.counting import Key, Tally
-from services.runtime.dedupe import ExpiringMap
-from services.runtime.journal import Journal
+from services.runtime.dedupe import DurableKeys, ExpiringMap
+from services.runtime.journal import DurableJournal, Journal
+from services.runtime.store import LedgerStore, scan
 from services.runtime.metrics import PRICE_BUCKETS_MICROS, ImpressionMetrics, labelled_counters
 
 # How long an impression key is remembered for billing idempotence.
@@ -40,21 +49,26 @@ BILLING_DEDUPE_S = 24 * 3600.0
 class DspLedger:
     def __init__(self, instance: str, engine: PricingEngine, campaigns: Sequence[CampaignSettings],
                  registry: CollectorRegistry, clock: Callable[[], float], max_campaign_labels: int = 50,
-                 bid_ttl_s: float = 600.0):
-        self.tally = Tally("dsp", instance, clock)
+                 bid_ttl_s: float = 600.0, store: LedgerStore | None = None):
+        self.store = store
+        self.tally = Tally("dsp", instance, clock, store)
         self.tally.declare(("bid_requests", "bids", "no_bids", "won", "losses", "billed", "spend_micros",
                             "viewable", "clicks", "conversions"))
-        self.journal = Journal(clock=clock)
+        self.journal = Journal(clock=clock) if store is None else DurableJournal(store, clock)
         self._clock = clock
         self._engine = engine
         self._campaigns = {c.id: c for c in campaigns}
-        self._events = ExpiringMap(clock)
-        self._wins = ExpiringMap(clock)
+
+        def keys(space: str):
+            return ExpiringMap(clock) if store is None else DurableKeys(store, space, clock)
+
+        self._events = keys("event")
+        self._wins = keys("win")
         # A loss notice is taken only for an outstanding bid, so a bid's loss is
         # remembered as long as bids are.
-        self._losses_seen = ExpiringMap(clock)
+        self._losses_seen = keys("loss")
         self._bid_ttl_s = bid_ttl_s
-        self._billings = ExpiringMap(clock)
+        self._billings = keys("billing")
         self._impressions = ImpressionMetrics("dsp", registry)
         self._bid_requests = Counter("adchain_dsp_bid_requests", "OpenRTB bid requests received.", registry=registry)
         self._bids = Counter("adchain_dsp_bids", "Bids made.", registry=registry)
@@ -89,7 +103,34 @@ class DspLedger:
 
     def record_bid_requests(self, n: int = 1) -> None:
         self.tally.add("bid_requests", n)
-        self._bid_requests.inc(n)
+        self._metric(self._bid_requests, n)
+
+    def _metric(self, child, n: int) -> None:
+        """inc(n) now, or with a ledger once what it counts is committed."""
+        if self.store is None:
+            child.inc(n)
+        else:
+            self.store.on_commit(lambda: child.inc(n))
+
+    def replay_accruals(self) -> int:
+        """Book every accrual the ledger holds into pricing_core, oldest first,
+        each batch at the time it was booked (at start). Returns how many events."""
+        ids = {campaign_id: i for i, campaign_id in enumerate(self._engine.table.ids)}
+        events = 0
+        db = self.store.reader()
+        try:
+            for rows in scan(db, "accruals", "id, at_s, campaigns, campaign, cost_micros, kind, user_key_hash",
+                             "id", 10_000):
+                for _id, at_s, campaigns, campaign, cost, kind, users in rows:
+                    index = np.array([ids.get(c, -1) for c in campaigns.split("\n")], np.int32)
+                    local = np.frombuffer(campaign, np.int32)
+                    self._engine.accrue_batch(index[local], np.frombuffer(cost, np.int64),
+                                              np.frombuffer(kind, np.int8), np.frombuffer(users, np.int64),
+                                              at_s=at_s)
+                    events += len(local)
+        finally:
+            db.close()
+        return events
 
     def record_answers(self, bids: Sequence[tuple[str, int]], no_bids: Sequence[int]) -> None:
         """What bid responses answered together said: each bid as (campaign id, CPM-equivalent
@@ -97,12 +138,14 @@ class DspLedger:
         tally = self.tally
         if bids:
             by_campaign: dict[str, int] = {}
-            for campaign_id, bid_micros in bids:
+            for campaign_id, _bid_micros in bids:
                 by_campaign[campaign_id] = by_campaign.get(campaign_id, 0) + 1
-                self._bid_price.observe(bid_micros)
             for campaign_id, n in by_campaign.items():
                 tally.add("bids", n, campaign=campaign_id)
-            self._bids.inc(len(bids))
+            if self.store is None:
+                self._count_bids(bids)
+            else:
+                self.store.on_commit(lambda: self._count_bids(bids))
         if no_bids:
             by_reason: dict[str, int] = {}
             for nbr in no_bids:
@@ -110,19 +153,61 @@ class DspLedger:
                 by_reason[reason] = by_reason.get(reason, 0) + 1
             for reason, n in by_reason.items():
                 tally.add("no_bids", n, reason=reason)
-                self._no_bids[reason].inc(n)
+                self._metric(self._no_bids[reason], n)
+
+    def _count_bids(self, bids: Sequence[tuple[str, int]]) -> None:
+        for _campaign_id, bid_micros in bids:
+            self._bid_price.observe(bid_micros)
+        self._bids.inc(len(bids))
 
     def _apply(self, counts: dict[Key, int], won: list[tuple[str, str]], events: _Events,
                spend: dict[str, int]) -> None:
+        if self.store is None:
+            if events.campaign:
+                self._engine.accrue_batch(events.campaign, events.cost_micros, events.kind, events.user_key_hash)
+            self._post(counts, won, spend)
+            return
         if events.campaign:
-            self._engine.accrue_batch(events.campaign, events.cost_micros, events.kind, events.user_key_hash)
+            self._write_accruals(events)
+        if won:
+            self.journal.record_many([(key, "won", "", campaign_id, "") for key, campaign_id in won])
+        for (name, reason, campaign), n in counts.items():
+            self.tally.add(name, n, reason=reason, campaign=campaign)
+        for campaign_id, cost in spend.items():
+            self.tally.add("spend_micros", cost, campaign=campaign_id)
+        self.store.on_commit(lambda: self._after_commit(counts, won, events, spend))
+
+    def _write_accruals(self, events: _Events) -> None:
+        """One row for the batch: its campaigns by id (indices can change
+        with the campaign set) and its event columns."""
+        distinct = sorted(set(events.campaign))
+        local = {index: i for i, index in enumerate(distinct)}
+        ids = self._engine.table.ids
+        events.at_s = self._clock()
+        self.store.execute("INSERT INTO accruals VALUES (NULL, ?, ?, ?, ?, ?, ?)", (
+            events.at_s, "\n".join(ids[i] for i in distinct),
+            np.array([local[i] for i in events.campaign], np.int32).tobytes(),
+            np.array(events.cost_micros, np.int64).tobytes(), np.array(events.kind, np.int8).tobytes(),
+            np.array(events.user_key_hash, np.int64).tobytes()))
+
+    def _after_commit(self, counts: dict[Key, int], won: list[tuple[str, str]], events: _Events,
+                      spend: dict[str, int]) -> None:
+        if events.campaign:
+            self._engine.accrue_batch(events.campaign, events.cost_micros, events.kind, events.user_key_hash,
+                                      at_s=events.at_s)
+        self._post(counts, won, spend, metrics_only=True)
+
+    def _post(self, counts: dict[Key, int], won: list[tuple[str, str]], spend: dict[str, int],
+              metrics_only: bool = False) -> None:
         tally = self.tally
         totals: dict[str, int] = {}
         for (name, reason, campaign), n in counts.items():
-            tally.add(name, n, reason=reason, campaign=campaign)
+            if not metrics_only:
+                tally.add(name, n, reason=reason, campaign=campaign)
             totals[name] = totals.get(name, 0) + n
-        for impression_key, campaign_id in won:
-            self.journal.record(impression_key, "won", campaign_id=campaign_id)
+        if not metrics_only:
+            for impression_key, campaign_id in won:
+                self.journal.record(impression_key, "won", campaign_id=campaign_id)
         for name, n in totals.items():
             counter = self._counters.get(name)
             if counter is not None:
@@ -130,7 +215,8 @@ class DspLedger:
         if won:
             self._impressions.record("won", len(won))
         for campaign_id, cost in spend.items():
-            tally.add("spend_micros", cost, campaign=campaign_id)
+            if not metrics_only:
+                tally.add("spend_micros", cost, campaign=campaign_id)
             self._spend.inc(cost)
             child = self._campaign_spend.get(campaign_id)
             if child is not None:
@@ -140,9 +226,10 @@ class DspLedger:
 class _Events:
     """Delivery events for one pricing_core accrue call, as its columns."""
 
-    __slots__ = ("campaign", "cost_micros", "kind", "user_key_hash")
+    __slots__ = ("campaign", "cost_micros", "kind", "user_key_hash", "at_s")
 
     def __init__(self) -> None:
+        self.at_s: float | None = None  # when booked (with a ledger: when written)
         self.campaign: list[int] = []
         self.cost_micros: list[int] = []
         self.kind: list[int] = []

@@ -23,9 +23,10 @@ from services.dsp.ledger import DspLedger, LedgerBatch
 from services.dsp.settings import DspConfig
 from services.dsp.stream import DueStream
 from services.runtime.batch import OK, answer_each, failed, refused
-from services.runtime.dedupe import ExpiringMap
+from services.runtime.dedupe import DurableKeys, ExpiringMap
 from services.runtime.errors import InvalidArgument, NotFound, RequestError
 from services.runtime.server import RoleContext, Servicer
+from services.runtime.store import LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,15 @@ EVENT_KINDS = {
 
 class BidderServicer(bidder_pb2_grpc.BidderServiceServicer):
     def __init__(self, config: DspConfig, bidder: Bidder, ledger: DspLedger, clock: Callable[[], float],
-                 rng: random.Random | None = None, monotonic: Callable[[], float] = time.monotonic):
+                 rng: random.Random | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 store: LedgerStore | None = None):
         self._settings = config.dsp
         self._rng = rng or random.Random(config.dsp.response_delay_seed)
         self._bidder = bidder
         self._ledger = ledger
         self._clock = clock
         self._monotonic = monotonic
-        self._responder = _Responder(config, clock)
+        self._responder = _Responder(config, clock, store)
 
     async def Bid(self, request: openrtb_pb2.BidRequest, context) -> openrtb_pb2.BidResponse:
         bid_context, placements = read_request(request)  # raises before anything is counted
@@ -201,18 +203,21 @@ class _Responder:
     """Decisions -> the OpenRTB 2.6 BidResponse, and the bids it made, remembered
     so notices are checked against our own bids."""
 
-    def __init__(self, config: DspConfig, clock: Callable[[], float]):
+    def __init__(self, config: DspConfig, clock: Callable[[], float], store: LedgerStore | None = None):
         settings = config.dsp
         self._seat = settings.seat
         self._currency = settings.currency
         self._bid_ttl_s = settings.bid_ttl_s
         self._clock = clock
         # bid id -> (campaign id, user key hash), so notices are checked against
-        # our own bids and billing can update the frequency cap.
-        self.bids = ExpiringMap(clock)
+        # our own bids and billing can update the frequency cap; with a ledger,
+        # written before the bid leaves, so a restart still owns its bids.
+        self.bids = ExpiringMap(clock) if store is None else DurableKeys(store, "bid", clock, pair=True)
         # Ids unique within this process (a counter) and across its restarts (a
-        # random prefix per start), without a uuid per bid.
-        self._id_prefix = os.urandom(8).hex()
+        # prefix per start: its time, then random bits), without a uuid per bid.
+        # They sort by when they were made, so the ledger's inserts stay at the
+        # right edge of its index.
+        self._id_prefix = f"{int(time.time() * 1000):012x}{os.urandom(3).hex()}"
         self._ids = itertools.count()
         # What a bid says about its campaign is the same on every bid: built once,
         # per campaign and offered format, and copied into each bid.
@@ -240,7 +245,7 @@ class _Responder:
                 expires_at_s = self._clock() + self._bid_ttl_s
             bid = seatbid.bid.add()
             bid.CopyFrom(self._bid_templates[decision.campaign_index][decision.placement.format])
-            bid.id = bid_id = f"{self._id_prefix}{next(self._ids):x}"
+            bid.id = bid_id = f"{self._id_prefix}{next(self._ids):010x}"
             bid.impid = decision.placement.imp_id
             bid.price = micros_to_price(decision.bid_micros)
             bid.w, bid.h = decision.size
@@ -251,7 +256,7 @@ class _Responder:
             no_bids.append(nbr)
             return
         seatbid.seat = self._seat
-        response.bidid = f"{self._id_prefix}{next(self._ids):x}"
+        response.bidid = f"{self._id_prefix}{next(self._ids):010x}"
         response.cur = self._currency
 
     def own_bid(self, bid_id: str, campaign_id: str) -> tuple[str, int]:
@@ -289,9 +294,14 @@ class DspApp:
         # Kernels compile (or load from Numba's cache) now, never on a first request.
         log.info("%s: pricing kernels ready in %.2fs", context.instance, engine.warm())
         self.ledger = DspLedger(context.instance, engine, config.campaigns, context.registry, context.clock,
-                                config.dsp.max_campaign_labels, config.dsp.bid_ttl_s)
+                                config.dsp.max_campaign_labels, config.dsp.bid_ttl_s, context.store)
+        if context.store is not None:
+            started = time.perf_counter()
+            replayed = self.ledger.replay_accruals()
+            log.info("%s: %d accruals replayed from the ledger in %.2fs", context.instance, replayed,
+                     time.perf_counter() - started)
         bidder = Bidder(config.campaigns, config.dsp, engine)
-        servicer = BidderServicer(config, bidder, self.ledger, context.clock)
+        servicer = BidderServicer(config, bidder, self.ledger, context.clock, store=context.store)
         batch_methods = ("BidStream", "NotifyWins", "NotifyLosses", "NotifyBillings", "NotifyEvents")
         self.servicers = [Servicer(
             bidder_pb2_grpc.add_BidderServiceServicer_to_server, servicer, "adchain.v1.BidderService",

@@ -6,7 +6,7 @@ import dataclasses
 import random
 
 from pricing_core.campaigns import MAX_BID_MICROS, CampaignSpec, validate_specs
-from services.runtime.config import ServerSettings
+from services.runtime.config import LedgerSettings, ServerSettings
 
 @dataclasses.dataclass(frozen=True)
 class CampaignSettings:
@@ -109,6 +109,7 @@ class DspSettings:
 @dataclasses.dataclass(frozen=True)
 class DspConfig:
     server: ServerSettings = ServerSettings()
+    ledger: LedgerSettings = LedgerSettings()
     dsp: DspSettings = DspSettings()
     campaigns: tuple[CampaignSettings, ...] = ()
 

@@ -29,6 +29,7 @@ OK = batch_pb2.ItemStatus()
 _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
 }
 
 

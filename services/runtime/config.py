@@ -62,6 +62,28 @@ class ServerSettings:
         return problems
 
 
+LEDGER_SYNCHRONOUS = ("normal", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerSettings:
+    """Where a role keeps its counts across restarts; shared by every role."""
+
+    # The SQLite file of the role's ledger; empty: no ledger, counts kept in
+    # memory and lost when the process ends.
+    path: str = ""
+    # SQLite's `synchronous` pragma: in WAL mode "normal" keeps every commit
+    # through a crash of the process, "full" also through a loss of power, at
+    # an fsync per commit.
+    synchronous: str = "normal"
+
+    def validate(self, where: str) -> list[str]:
+        problems = []
+        if self.synchronous not in LEDGER_SYNCHRONOUS:
+            problems.append(f"{where}.synchronous: {self.synchronous!r} is not one of {', '.join(LEDGER_SYNCHRONOUS)}")
+        return problems
+
+
 def load(cls: type[T], path: str | Path | None = None, env: Mapping[str, str] | None = None) -> T:
     """Build settings of type `cls` from a TOML file (optional) and the
     environment, then validate. Raises ConfigError listing every problem."""

@@ -10,6 +10,11 @@ without a value maps to its expiry time alone, and expiry is tracked in
 one-second buckets (a list of keys per second) instead of a heap entry per
 key. A key is expired the moment its own time passes (every lookup checks
 it); buckets only decide when its memory is given back.
+
+With a ledger, `DurableKeys` keeps the same keys in its `keys` table, one
+row per (space, key): taking a key is one upsert that succeeds only when the
+key is free or expired, so idempotence is the store's constraint and survives
+a restart, and memory does not grow with traffic.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from services.runtime.store import LedgerStore
 
 
 class ExpiringMap:
@@ -86,3 +93,43 @@ class ExpiringMap:
 
 def _expiry(entry: float | tuple[float, Any]) -> float:
     return entry if type(entry) is float else entry[0]
+
+
+class DurableKeys:
+    """ExpiringMap's interface on a ledger's `keys` table, for one `space`
+    (what the keys guard: "win", "billing", ...). A value is a string, or with
+    `pair` a (string, integer) pair; None for a key alone."""
+
+    def __init__(self, store: LedgerStore, space: str, clock: Callable[[], float] = time.time,
+                 pair: bool = False):
+        self._store = store
+        self._space = space
+        self._clock = clock
+        self._pair = pair
+
+    def add(self, key: str, expires_at_s: float, value: Any = None) -> bool:
+        """Take `key` until `expires_at_s`; False (and no change) if it is
+        already taken and unexpired."""
+        if value is None:
+            text = number = None
+        elif self._pair:
+            text, number = value
+        else:
+            text, number = value, None
+        cursor = self._store.execute(
+            "INSERT INTO keys VALUES (?, ?, ?, ?, ?) ON CONFLICT (space, key) DO UPDATE SET "
+            "expires_at = excluded.expires_at, text = excluded.text, number = excluded.number "
+            "WHERE keys.expires_at < ?",
+            (self._space, key, float(expires_at_s), text, number, self._clock()))
+        return cursor.rowcount == 1
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._store.query_one("SELECT expires_at, text, number FROM keys WHERE space = ? AND key = ?",
+                                    (self._space, key))
+        if row is None or row[0] < self._clock():
+            return default
+        return (row[1], row[2]) if self._pair else row[1]
+
+    def __contains__(self, key: str) -> bool:
+        row = self._store.query_one("SELECT expires_at FROM keys WHERE space = ? AND key = ?", (self._space, key))
+        return row is not None and row[0] >= self._clock()

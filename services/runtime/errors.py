@@ -66,4 +66,5 @@ def field_violations(error: grpc.RpcError) -> dict[str, str]:
 _RPC_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
 }

@@ -23,6 +23,7 @@ import grpc
 
 from services.runtime.errors import RequestError
 from services.runtime.metrics import RpcMetrics
+from services.runtime.store import LedgerStore, LedgerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,10 @@ class WrappingRegistrar:
     """What the generated `add_*Servicer_to_server(servicer, server)` is handed
     instead of the server: it registers every method's handler wrapped."""
 
-    def __init__(self, server: grpc.aio.Server, metrics: RpcMetrics):
+    def __init__(self, server: grpc.aio.Server, metrics: RpcMetrics, store: LedgerStore | None = None):
         self._server = server
         self._metrics = metrics
+        self._store = store
 
     def add_generic_rpc_handlers(self, generic_handlers) -> None:
         # The same handlers arrive through add_registered_method_handlers,
@@ -41,13 +43,16 @@ class WrappingRegistrar:
         return None
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
-        wrapped = {name: wrap(name, handler, self._metrics) for name, handler in method_handlers.items()}
+        wrapped = {name: wrap(name, handler, self._metrics, self._store) for name, handler in method_handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, wrapped),))
         self._server.add_registered_method_handlers(service_name, wrapped)
 
 
-def wrap(method: str, handler: grpc.RpcMethodHandler, metrics: RpcMetrics) -> grpc.RpcMethodHandler:
-    """`handler` with metrics and error mapping, as a coroutine handler."""
+def wrap(method: str, handler: grpc.RpcMethodHandler, metrics: RpcMetrics,
+         store: LedgerStore | None = None) -> grpc.RpcMethodHandler:
+    """`handler` with metrics and error mapping, as a coroutine handler; with
+    a ledger, what the handler wrote is committed before its response (or
+    each message of a streamed one) leaves."""
     if handler.unary_unary is not None:
         behaviour, wrapper, kind = handler.unary_unary, _unary_response, grpc.unary_unary_rpc_method_handler
     elif handler.stream_unary is not None:
@@ -56,20 +61,44 @@ def wrap(method: str, handler: grpc.RpcMethodHandler, metrics: RpcMetrics) -> gr
         behaviour, wrapper, kind = handler.unary_stream, _streamed_response, grpc.unary_stream_rpc_method_handler
     else:
         behaviour, wrapper, kind = handler.stream_stream, _streamed_response, grpc.stream_stream_rpc_method_handler
-    return kind(wrapper(method, behaviour, metrics),
+    return kind(wrapper(method, behaviour, metrics, store or _NoStore()),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
 
 
-def _unary_response(method: str, behaviour, metrics: RpcMetrics):
+class _NoStore:
+    """A role without a ledger: nothing to commit."""
+
+    generation = 0
+    failed = False
+
+    def commit(self) -> None:
+        pass
+
+
+def _acknowledge(store: LedgerStore | _NoStore, generation: int) -> None:
+    """Before a response leaves: commit what the handler wrote. A failure
+    since the handler began rolled back writes it made, so it acknowledges
+    nothing."""
+    if store.generation != generation:
+        raise LedgerUnavailable("ledger", "the ledger failed while this call was being served; nothing of it "
+                                          "was recorded")
+    store.commit()
+
+
+def _unary_response(method: str, behaviour, metrics: RpcMetrics, store: LedgerStore | _NoStore):
     batch = metrics.is_batch(method)
     waits = inspect.iscoroutinefunction(behaviour)
 
     async def serve(request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
         code = "OK"
+        generation = store.generation
         try:
+            if store.failed:
+                raise LedgerUnavailable("ledger", store.failure)
             response = (await behaviour(request, context)) if waits else behaviour(request, context)
+            _acknowledge(store, generation)
             if batch:  # count the batch's items by their own status
                 metrics.observe_items(method, response.results)
             return response
@@ -85,21 +114,26 @@ def _unary_response(method: str, behaviour, metrics: RpcMetrics):
     return serve
 
 
-def _streamed_response(method: str, behaviour, metrics: RpcMetrics):
+def _streamed_response(method: str, behaviour, metrics: RpcMetrics, store: LedgerStore | _NoStore):
     batch = metrics.is_batch(method)
     streams_async = inspect.isasyncgenfunction(behaviour)
 
     async def serve(request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
         code = "OK"
+        generation = store.generation
         try:
+            if store.failed:
+                raise LedgerUnavailable("ledger", store.failure)
             if streams_async:
                 async for response in behaviour(request, context):
+                    _acknowledge(store, generation)
                     if batch:  # a stream message's answers, each with its own status
                         metrics.observe_items(method, response.results)
                     yield response
             else:
                 for response in behaviour(request, context):
+                    _acknowledge(store, generation)
                     yield response
         except (asyncio.CancelledError, GeneratorExit):  # the caller went away mid-stream
             code = "CANCELLED"

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from services.runtime.config import ServerSettings
 from services.runtime.interceptor import WrappingRegistrar
 from services.runtime.metrics import RpcMetrics
+from services.runtime.store import LedgerStore, LedgerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class RoleContext:
     instance: str
     registry: CollectorRegistry
     clock: Callable[[], float] = time.time
+    # The role's ledger on disk; None runs the role in memory (counts die with the process).
+    store: LedgerStore | None = None
 
 
 @dataclasses.dataclass
@@ -97,6 +100,8 @@ class RunningRole:
     _thread: threading.Thread
     _metrics_server: Any
     _grace_s: float
+    store: LedgerStore | None = None
+    _tasks: tuple = ()
 
     def stop(self, grace_s: float | None = None) -> None:
         grace = self._grace_s if grace_s is None else grace_s
@@ -117,6 +122,10 @@ class RunningRole:
         closed = self.app.close(timeout_s=max(grace, 1.0))
         if inspect.isawaitable(closed):
             await closed
+        for task in self._tasks:
+            task.cancel()
+        if self.store is not None:
+            self.store.close()
 
 
 def start(role: Role, settings: Any, *, registry: CollectorRegistry | None = None,
@@ -143,14 +152,15 @@ async def _start(role: Role, settings: Any, registry: CollectorRegistry | None, 
     registry = registry if registry is not None else CollectorRegistry()
     instance = server_settings.name or role.name
     started = time.perf_counter() if started is None else started
+    store = _open_store(getattr(settings, "ledger", None), clock)
     # Built on the loop: the clients a role opens (aio channels) belong to it.
-    app = role.build(settings, RoleContext(instance=instance, registry=registry, clock=clock))
+    app = role.build(settings, RoleContext(instance=instance, registry=registry, clock=clock, store=store))
 
     methods = tuple(m for s in app.servicers for m in s.methods)
     batch_methods = tuple(m for s in app.servicers for m in s.batch_methods)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
                              maximum_concurrent_rpcs=server_settings.max_concurrent_rpcs or None)
-    registrar = WrappingRegistrar(server, RpcMetrics(role.name, methods, registry, batch_methods))
+    registrar = WrappingRegistrar(server, RpcMetrics(role.name, methods, registry, batch_methods), store)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for servicer in app.servicers:
@@ -166,6 +176,10 @@ async def _start(role: Role, settings: Any, registry: CollectorRegistry | None, 
     app.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    tasks = ()
+    if store is not None:
+        tasks = (asyncio.create_task(_commit_regularly(store)),)
+        store.on_failure(lambda _message: tasks_on_failure(store, app, health_servicer, names))
     running = RunningRole(
         role=role.name,
         app=app,
@@ -177,10 +191,59 @@ async def _start(role: Role, settings: Any, registry: CollectorRegistry | None, 
         _thread=thread,
         _metrics_server=metrics_server,
         _grace_s=server_settings.grace_s,
+        store=store,
+        _tasks=tasks,
     )
     log.info("%s (%s): serving gRPC on %s, metrics on http://%s/metrics, import to ready %.2fs",
              instance, role.name, running.grpc_address, running.metrics_address, time.perf_counter() - started)
     return running
+
+
+# How often writes made outside any RPC (notice outcomes, timers) are committed.
+COMMIT_INTERVAL_S = 0.05
+# How often a failed ledger is tried again.
+PROBE_INTERVAL_S = 1.0
+
+
+def _open_store(ledger: Any, clock: Callable[[], float]) -> LedgerStore | None:
+    if ledger is None or not ledger.path:
+        return None
+    started = time.perf_counter()
+    store = LedgerStore(ledger.path, synchronous=ledger.synchronous, clock=clock)
+    log.info("ledger %s open (synchronous=%s) in %.2fs", ledger.path, ledger.synchronous,
+             time.perf_counter() - started)
+    return store
+
+
+async def _commit_regularly(store: LedgerStore) -> None:
+    while True:
+        await asyncio.sleep(COMMIT_INTERVAL_S)
+        if not store.failed:
+            try:
+                store.commit()
+            except LedgerUnavailable:
+                pass  # the store went failed; the probe takes over
+
+
+def tasks_on_failure(store: LedgerStore, app: RoleApp, health_servicer: health.aio.HealthServicer,
+                     names: Sequence[str]) -> None:
+    """The ledger refused a write: NOT_SERVING until a probe write succeeds,
+    then rebuild the role's memory from the ledger and serve again."""
+    asyncio.get_running_loop().create_task(_recover(store, app, health_servicer, names))
+
+
+async def _recover(store: LedgerStore, app: RoleApp, health_servicer: health.aio.HealthServicer,
+                   names: Sequence[str]) -> None:
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    while not store.probe():
+        await asyncio.sleep(PROBE_INTERVAL_S)
+    reload = getattr(app, "reload", None)
+    if reload is not None:
+        reload()
+    log.warning("ledger %s takes writes again: memory rebuilt from it, serving", store.path)
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
 def serve(role: Role, settings: Any, ready_file: Path | None = None, started: float | None = None) -> None:

@@ -177,7 +177,10 @@ class Exchange:
         started = time.perf_counter()
         ids = self._random_ids.take()
         bid_request = openrtb_pb2.BidRequest(
-            id=ids[:32],
+            # The auction id starts with the time in milliseconds, then 80
+            # random bits: unique, and sorted by time, so every ledger keyed by
+            # impression key inserts at the right edge of its index.
+            id=f"{int(self._clock() * 1000) & 0xFFFFFFFFFFFF:012x}{ids[12:32]}",
             imp=imps,
             tmax=tmax_ms or self._settings.tmax_ms,
             at=at or self._settings.auction_type,

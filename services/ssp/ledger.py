@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.runtime.counting import Tally
-from services.runtime.journal import Journal
+from services.runtime.journal import DurableJournal, Journal
+from services.runtime.store import LedgerStore
 from services.runtime.metrics import LATENCY_BUCKETS_S, PRICE_BUCKETS_MICROS, ImpressionMetrics, labelled_counters
 
 NO_FILL_REASONS = ("no_bids", "below_floor", "timeout")
@@ -19,10 +20,12 @@ BID_OUTCOMES = ("bid", "no_bid", "timeout", "error")
 
 
 class SspLedger:
-    def __init__(self, instance: str, dsp_names: Sequence[str], registry: CollectorRegistry, clock: Callable[[], float]):
-        self.tally = Tally("ssp", instance, clock)
+    def __init__(self, instance: str, dsp_names: Sequence[str], registry: CollectorRegistry, clock: Callable[[], float],
+                 store: LedgerStore | None = None):
+        self.store = store
+        self.tally = Tally("ssp", instance, clock, store)
         self.tally.declare(("ad_requests", "auctions_won", "returned", "not_returned", "no_fill"))
-        self.journal = Journal(clock=clock)
+        self.journal = Journal(clock=clock) if store is None else DurableJournal(store, clock)
         self._impressions = ImpressionMetrics("ssp", registry)
         self._ad_requests = Counter("adchain_ssp_ad_requests", "Ad requests received from publishers.", registry=registry)
         self._no_fill = labelled_counters("adchain_ssp_no_fills", "Ad requests answered without an ad, by reason.",
@@ -74,20 +77,50 @@ class SspLedger:
         self._clearing_price.observe(clearing_price_micros)
 
     def record_deliveries(self, returned: Sequence[tuple[str, str, str]],
-                          not_returned: Sequence[tuple[str, str, str]]) -> None:
+                          not_returned: Sequence[tuple[str, str, str]], *, metrics: bool = True) -> None:
         """The verdicts of one response's ads, each (impression key, seat,
-        campaign id): counted per seat and campaign, journaled per key."""
+        campaign id): counted per seat and campaign, journaled per key.
+        `metrics=False` leaves the metrics to the delivery verdict (see
+        `record_presumed`)."""
         for outcome, ads in (("returned", returned), ("not_returned", not_returned)):
             by_campaign: dict[tuple[str, str], int] = {}
             for impression_key, seat, campaign_id in ads:
-                self.journal.record(impression_key, outcome, campaign_id=campaign_id, seat=seat)
                 by_campaign[(seat, campaign_id)] = by_campaign.get((seat, campaign_id), 0) + 1
+            if ads and self.store is not None:
+                self.journal.record_many([(key, outcome, "", campaign_id, seat) for key, seat, campaign_id in ads])
+            elif ads:
+                for impression_key, seat, campaign_id in ads:
+                    self.journal.record(impression_key, outcome, campaign_id=campaign_id, seat=seat)
             for (seat, campaign_id), n in by_campaign.items():
                 self.tally.add(outcome, n, reason=seat, campaign=campaign_id)
+        if metrics:
+            self.count_deliveries(len(returned), len(not_returned))
+
+    def count_deliveries(self, returned: int, not_returned: int) -> None:
         if returned:
-            self._impressions.record("returned", len(returned))
+            self._impressions.record("returned", returned)
         if not_returned:
-            self._not_returned.inc(len(not_returned))
+            self._not_returned.inc(not_returned)
+
+    def record_presumed(self, returned: Sequence[tuple[str, str, str]]) -> None:
+        """With a ledger, ads about to be returned are written as returned
+        before the response leaves, in the transaction that acknowledges it:
+        a crash right after the caller got its ad cannot lose the count.
+        Those the caller turns out not to have received are moved to
+        not_returned (`record_undelivered`)."""
+        self.record_deliveries(returned, (), metrics=False)
+
+    def record_undelivered(self, presumed: Sequence[tuple[str, str, str]]) -> None:
+        """Presumed-returned ads whose response never reached the caller."""
+        by_campaign: dict[tuple[str, str], int] = {}
+        for _key, seat, campaign_id in presumed:
+            by_campaign[(seat, campaign_id)] = by_campaign.get((seat, campaign_id), 0) + 1
+        for (seat, campaign_id), n in by_campaign.items():
+            self.tally.add("returned", -n, reason=seat, campaign=campaign_id)
+            self.tally.add("not_returned", n, reason=seat, campaign=campaign_id)
+        self.store.executemany("UPDATE journal SET outcome = 'not_returned' WHERE key = ?",
+                               [(key,) for key, _seat, _campaign in presumed])
+        self.count_deliveries(0, len(presumed))
 
     def record_pod(self, slots: int, filled: int, ad_seconds: int, content_seconds: int) -> None:
         self.tally.add("pods")

@@ -78,17 +78,31 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
             return
         returned = [(p.ad.impression_key, p.winner.seat, p.winner.bid.cid) for p in placed]
         not_returned = [(p.ad.impression_key, p.winner.seat, p.winner.bid.cid) for p in gave_up]
-        on_delivered(context, delivered=lambda: self._ledger.record_deliveries(returned, not_returned),
-                     lost=lambda: self._ledger.record_deliveries([], returned + not_returned))
+        ledger = self._ledger
+        if ledger.store is None:
+            on_delivered(context, delivered=lambda: ledger.record_deliveries(returned, not_returned),
+                         lost=lambda: ledger.record_deliveries([], returned + not_returned))
+            return
+        ledger.record_presumed(returned)
+        if not_returned:
+            ledger.record_deliveries((), not_returned)
+
+        def lost() -> None:
+            if returned:
+                ledger.record_undelivered(returned)
+
+        on_delivered(context, delivered=lambda: ledger.count_deliveries(len(returned), 0), lost=lost)
 
 
 class SspApp:
     def __init__(self, config: SspConfig, context: RoleContext):
         auction.warm()  # the clearing kernel compiles at start, never on a first request
-        self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock)
+        self.ledger = SspLedger(context.instance, [d.name for d in config.dsps], context.registry, context.clock,
+                                context.store)
         self._dsps = BidderPeers(config.dsps)
         self._bids = BidStreams(self._dsps.aio_stubs, opened=self.ledger.record_bid_stream_opened)
-        self._notices = NoticeBatches(self._dsps.aio_stubs, config.exchange, self.ledger.record_notice)
+        self._notices = NoticeBatches(self._dsps.aio_stubs, config.exchange, self.ledger.record_notice,
+                                      store=context.store)
         self.exchange = exchange = Exchange(config.exchange, self._bids, self._notices, TokenCodec(config.tokens),
                                             self.ledger, context.clock)
         self.servicers = [Servicer(
@@ -97,7 +111,11 @@ class SspApp:
         )]
 
     def start(self) -> None:
-        pass
+        self._notices.resume()
+
+    def reload(self) -> None:
+        """After the ledger failed a write and takes writes again: counts as the ledger holds them."""
+        self.ledger.tally.reload()
 
     async def close(self, timeout_s: float) -> None:
         # Win and loss notices still batching go out now, and get their

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.runtime.config import Peer, ServerSettings, duplicate_names
+from services.runtime.config import LedgerSettings, Peer, ServerSettings, duplicate_names
 from services.runtime.tokens import TokenSettings
 
 
@@ -27,6 +27,10 @@ class ExchangeSettings:
     notice_batch_max_items: int = 256
     # ...or this long after its oldest notice joined it, whichever comes first.
     notice_batch_max_delay_ms: int = 20
+    # With a ledger, a batch whose call failed (the DSP down, the deadline
+    # passed) is sent again this often while its notices are this young.
+    notice_retry_interval_s: float = 2.0
+    notice_retry_for_s: float = 60.0
 
     def validate(self, where: str) -> list[str]:
         problems = []
@@ -42,12 +46,17 @@ class ExchangeSettings:
             problems.append(f"{where}.notice_batch_max_items: must be at least 1")
         if self.notice_batch_max_delay_ms < 0:
             problems.append(f"{where}.notice_batch_max_delay_ms: must not be negative")
+        if self.notice_retry_interval_s <= 0:
+            problems.append(f"{where}.notice_retry_interval_s: must be positive")
+        if self.notice_retry_for_s < 0:
+            problems.append(f"{where}.notice_retry_for_s: must not be negative")
         return problems
 
 
 @dataclasses.dataclass(frozen=True)
 class SspConfig:
     server: ServerSettings = ServerSettings()
+    ledger: LedgerSettings = LedgerSettings()
     exchange: ExchangeSettings = ExchangeSettings()
     dsps: tuple[Peer, ...] = ()
     tokens: TokenSettings = TokenSettings()

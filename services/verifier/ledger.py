@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from adchain.v1 import token_pb2, verifier_pb2
 from services.runtime.counting import Tally
-from services.runtime.journal import Journal
+from services.runtime.journal import DurableJournal, Journal
+from services.runtime.store import LedgerStore
 from services.runtime.metrics import ImpressionMetrics, labelled_counters
 from services.runtime.tokens import TOKEN_REJECT_REASONS
 
@@ -42,11 +43,13 @@ STAGES = {
 
 
 class VerifierLedger:
-    def __init__(self, instance: str, registry: CollectorRegistry, clock: Callable[[], float]):
-        self.tally = Tally("verifier", instance, clock)
+    def __init__(self, instance: str, registry: CollectorRegistry, clock: Callable[[], float],
+                 store: LedgerStore | None = None):
+        self.store = store
+        self.tally = Tally("verifier", instance, clock, store)
         self.tally.declare(("tracked", "measurable", "viewable", "unmeasurable", "duplicates", "late",
                             "rejected_tokens"))
-        self.journal = Journal(clock=clock)
+        self.journal = Journal(clock=clock) if store is None else DurableJournal(store, clock)
         self._impressions = ImpressionMetrics("verifier", registry)
         self._exposures = labelled_counters("adchain_verifier_exposures", "Exposure reports, by verdict.",
                                             {"verdict": tuple(CLASS_NAMES.values())}, registry)
@@ -61,9 +64,18 @@ class VerifierLedger:
         """The entries of one call, posted to the tally, journal and metrics when it ends."""
         return VerifierEntries(self)
 
+    def seen(self, impression_key: str) -> bool:
+        """Whether the key already has its verdict in the ledger's journal
+        (written as each report is judged, so a repeat in the same batch sees it)."""
+        return self.journal.outcome(impression_key) is not None
+
     def record_notice(self, _kind: str, outcome: str, n: int = 1) -> None:
         self.tally.add("viewable_notices", n, reason=outcome)
-        self._notices[outcome].inc(n)
+        child = self._notices[outcome]
+        if self.store is None:
+            child.inc(n)
+        else:
+            self.store.on_commit(lambda: child.inc(n))
 
     def _post(self, entries: VerifierEntries) -> None:
         counts: dict[tuple[str, str], int] = {}  # (name, campaign) -> n
@@ -79,9 +91,16 @@ class VerifierLedger:
             self.tally.add(name, n, campaign=campaign)
         for reason, n in entries.rejected.items():
             self.tally.add("rejected_tokens", n, reason=reason)
-            self._rejected[reason].inc(n)
         for impression_key, verdict, campaign_id, seat in entries.verdicts:
             self.journal.record(impression_key, verdict, campaign_id=campaign_id, seat=seat)
+        if self.store is None:
+            self._count_metrics(exposures, entries.rejected)
+        else:  # metrics move with the ledger: only what is committed
+            self.store.on_commit(lambda: self._count_metrics(exposures, entries.rejected))
+
+    def _count_metrics(self, exposures: dict[str, int], rejected: dict[str, int]) -> None:
+        for reason, n in rejected.items():
+            self._rejected[reason].inc(n)
         for name, n in exposures.items():
             self._exposures[name].inc(n)
         viewable = exposures.get("viewable", 0)
@@ -100,6 +119,8 @@ class VerifierEntries:
 
     def __init__(self, ledger: VerifierLedger):
         self._ledger = ledger
+        # With a ledger, each first verdict is written as it is judged.
+        self._journal = None if ledger.store is None else ledger.journal
         # (exposure class, campaign) -> reports: one entry per report, expanded
         # to the counts it adds to (STAGES) only when posted.
         self.verdict_counts: dict[tuple[int, str], int] = {}
@@ -117,7 +138,11 @@ class VerifierEntries:
         key = (verdict, campaign_id)
         self.verdict_counts[key] = self.verdict_counts.get(key, 0) + 1
         if verdict != verifier_pb2.EXPOSURE_CLASS_DUPLICATE:  # the first verdict is the key's record
-            self.verdicts.append((token.impression_key, CLASS_NAMES[verdict], campaign_id, token.seat))
+            if self._journal is None:
+                self.verdicts.append((token.impression_key, CLASS_NAMES[verdict], campaign_id, token.seat))
+            else:
+                self._journal.record(token.impression_key, CLASS_NAMES[verdict], campaign_id=campaign_id,
+                                     seat=token.seat)
 
     def record_rejected_token(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -44,7 +44,7 @@ class ExposureClassifier:
         self._ledger = ledger
         self._clock = clock
         self._notify = notify
-        self._seen = ExpiringMap(clock)
+        self._seen = ExpiringMap(clock) if ledger.store is None else None
 
     def record(self, request: verifier_pb2.RecordExposureRequest) -> verifier_pb2.RecordExposureResponse:
         samples = list(request.samples)  # read once, for the check and the rule
@@ -109,7 +109,11 @@ class ExposureClassifier:
             entries.record_rejected_token(error.reason)
             raise
         # Keep keys a day past expiry: a repeat long after is still a duplicate.
-        if not self._seen.add(token.impression_key, token.expires_at_ms / 1000.0 + 86_400):
+        # With a ledger, the journal is the memory: a key with a verdict is taken.
+        if self._seen is None:
+            if self._ledger.seen(token.impression_key):
+                return verifier_pb2.EXPOSURE_CLASS_DUPLICATE, token
+        elif not self._seen.add(token.impression_key, token.expires_at_ms / 1000.0 + 86_400):
             return verifier_pb2.EXPOSURE_CLASS_DUPLICATE, token
         if self._clock() * 1000 > token.expires_at_ms:
             return verifier_pb2.EXPOSURE_CLASS_LATE, token
@@ -162,14 +166,14 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
 
 class VerifierApp:
     def __init__(self, config: VerifierConfig, context: RoleContext):
-        self.ledger = VerifierLedger(context.instance, context.registry, context.clock)
+        self.ledger = VerifierLedger(context.instance, context.registry, context.clock, context.store)
         started = time.perf_counter()
         # The samples decoder compiles (or loads from Numba's cache) now, never on a first request.
         viewability.warm()
         log.info("%s: viewability kernels ready in %.2fs", context.instance, time.perf_counter() - started)
         self._dsps = BidderPeers(config.dsps)
         stubs = self._dsps.aio_stubs
-        self.notices = NoticeSender(stubs, config.notices, self.ledger.record_notice)
+        self.notices = NoticeSender(stubs, config.notices, self.ledger.record_notice, store=context.store)
         # A token naming a DSP the verifier does not know is still measured; only the notice is skipped.
         notify = (lambda notices: self.notices.submit_many(n for n in notices if n[0] in stubs))
         classifier = ExposureClassifier(TokenCodec(config.tokens), self.ledger, context.clock,
@@ -181,7 +185,11 @@ class VerifierApp:
         )]
 
     def start(self) -> None:
-        pass
+        self.notices.resume()
+
+    def reload(self) -> None:
+        """After the ledger failed a write and takes writes again: counts as the ledger holds them."""
+        self.ledger.tally.reload()
 
     async def close(self, timeout_s: float) -> None:
         # Notices still batching or waiting to retry get one last try, and

@@ -1,0 +1,130 @@
+"""Counts that outlive the process: every role on its ledger, stopped and
+started again on the same folder, answers with the same counts, journals
+and idempotence keys, and the DSP's pricing state is rebuilt from its
+accruals."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adchain.v1 import ad_server_pb2, exchange_pb2, verifier_pb2
+from services.reconcile import read_journals, read_snapshots
+from services.runtime.journal import DurableJournal
+from services.runtime.store import LedgerStore
+from tests.conftest import banner_request, start_chain, stop_chain, wait_for
+
+HUMAN = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+ROLES = ("dsp-1", "dsp-2", "ssp", "adserver", "verifier")
+
+
+def counts(chain) -> dict[str, dict[tuple[str, str, str], int]]:
+    snapshots = read_snapshots(chain.addresses())
+    return {name: {(c.name, c.reason, c.campaign): c.value for c in snapshots[name].counts if c.value}
+            for name in ROLES}
+
+
+def journals(chain) -> dict[str, list[tuple]]:
+    found = read_journals(chain.addresses())
+    assert not found.truncated
+    return {role: sorted((r.impression_key, r.outcome, r.reason, r.campaign_id, r.seat, r.at_ms)
+                         for r in records.values()) for role, records in found.records.items()}
+
+
+def play(chain, n: int) -> list[exchange_pb2.Ad]:
+    """n opportunities: ad request, render, tag report (every third one not in view)."""
+    ads = []
+    for i in range(n):
+        response = chain.ssp.RequestAd(banner_request(f"r{i}"), timeout=5)
+        assert response.HasField("ad"), response
+        ad = response.ad
+        ads.append(ad)
+        chain.adserver.RecordImpression(ad_server_pb2.RecordImpressionRequest(
+            token=ad.token, user_agent=HUMAN, ip="203.0.113.9"), timeout=5)
+        in_view = 0 if i % 3 == 0 else 100
+        chain.verifier.RecordExposure(verifier_pb2.RecordExposureRequest(
+            token=ad.token, method=verifier_pb2.MEASUREMENT_METHOD_GEOMETRY,
+            samples=[verifier_pb2.InViewSample(offset_ms=t, in_view_percent=in_view) for t in range(0, 1500, 100)]),
+            timeout=5)
+    return ads
+
+
+def settled(chain, ads: int) -> bool:
+    """Every billing and viewable notice has reached a DSP."""
+    now = counts(chain)
+    billed = sum(v for (name, _r, _c), v in now["dsp-1"].items() if name == "billed") + \
+        sum(v for (name, _r, _c), v in now["dsp-2"].items() if name == "billed")
+    rendered = sum(v for (name, _r, _c), v in now["adserver"].items() if name == "rendered")
+    return rendered == ads and billed == rendered
+
+
+def test_a_chain_started_again_on_its_ledgers_answers_as_before(tmp_path):
+    chain = start_chain(ledger_dir=tmp_path)
+    try:
+        ads = play(chain, 12)
+        assert len(ads) == 12
+        assert wait_for(lambda: settled(chain, 12), timeout_s=10)
+        before = counts(chain)
+        journals_before = journals(chain)
+        spend_before = chain.running["dsp-1"].app.ledger._engine.snapshot()
+    finally:
+        stop_chain(chain)
+    assert before["adserver"][("rendered", "dsp-1", "c-display")] == 12
+    assert before["verifier"][("viewable", "", "c-display")] == 8
+
+    chain = start_chain(ledger_dir=tmp_path)
+    try:
+        after = counts(chain)
+        assert after == before
+        assert journals(chain) == journals_before
+        spend_after = chain.running["dsp-1"].app.ledger._engine.snapshot()
+        for field in ("spend_micros", "daily_spend_micros", "impressions", "viewables"):
+            assert np.array_equal(spend_after[field], spend_before[field]), field
+        # The keys taken before are still taken: a repeated pixel, tag report
+        # or win notice counts nothing.
+        repeat = chain.adserver.RecordImpression(ad_server_pb2.RecordImpressionRequest(
+            token=ads[0].token, user_agent=HUMAN, ip="203.0.113.9"), timeout=5)
+        assert repeat.outcome == ad_server_pb2.EVENT_OUTCOME_DUPLICATE
+        report = chain.verifier.RecordExposure(verifier_pb2.RecordExposureRequest(
+            token=ads[1].token, method=verifier_pb2.MEASUREMENT_METHOD_GEOMETRY,
+            samples=[verifier_pb2.InViewSample(offset_ms=0, in_view_percent=100)]), timeout=5)
+        assert report.exposure_class == verifier_pb2.EXPOSURE_CLASS_DUPLICATE
+        # New traffic counts on top of the old.
+        assert len(play(chain, 3)) == 3
+        assert wait_for(lambda: settled(chain, 15), timeout_s=10)
+        final = counts(chain)
+        assert final["adserver"][("rendered", "dsp-1", "c-display")] == 15
+        assert final["adserver"][("duplicates", "impression", "")] == 1
+        assert final["dsp-1"][("won", "", "c-display")] == 15
+    finally:
+        stop_chain(chain)
+
+
+def test_the_journal_is_read_from_the_ledger_in_pages(tmp_path):
+    store = LedgerStore(tmp_path / "role.sqlite")
+    journal = DurableJournal(store)
+    keys = [f"{i:08d}:1" for i in range(5_000)]
+    for key in reversed(keys):
+        assert journal.record(key, "rendered", campaign_id="c")
+    assert not journal.record(keys[0], "invalid", reason="bot_user_agent")  # the first verdict stays
+    store.commit()
+    pages = list(journal.pages(size=2_000))
+    assert [len(p.records) for p in pages] == [2_000, 2_000, 1_000]
+    assert [r.impression_key for p in pages for r in p.records] == keys  # in key order
+    assert {r.outcome for p in pages for r in p.records} == {"rendered"}
+    assert not any(p.truncated for p in pages)
+    store.close()
+    reopened = LedgerStore(tmp_path / "role.sqlite")
+    assert len(DurableJournal(reopened)) == 5_000
+    reopened.close()
+
+
+def test_what_was_not_committed_is_not_in_the_ledger(tmp_path):
+    store = LedgerStore(tmp_path / "role.sqlite")
+    journal = DurableJournal(store)
+    journal.record("a:1", "rendered")
+    store.commit()
+    journal.record("b:1", "rendered")  # written, never committed: the process dies here
+    store._db.close()
+    reopened = LedgerStore(tmp_path / "role.sqlite")
+    assert [r.impression_key for p in DurableJournal(reopened).pages() for r in p.records] == ["a:1"]
+    reopened.close()
