@@ -118,10 +118,11 @@ class Progress:
 
 def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Mapping | None = None,
         max_duration_s: float | None = None, max_opportunities: int | None = None, run_dir: Path | None = None,
-        progress: TextIO | None = sys.stderr, bulk: bool = False) -> dict:
+        progress: TextIO | None = sys.stderr, bulk: bool = False, data_dir: Path | None = None) -> dict:
     """Run the scenario; returns the report (a JSON-ready dict). `bulk`
     plays it through the batch RPCs (loadtest.bulk) instead of one client
-    per opportunity."""
+    per opportunity. `data_dir` is where the local chain it starts keeps its
+    ledgers (default: inside the run folder)."""
     notes: list[str] = []
     chain = None
     if addresses is None:
@@ -129,7 +130,7 @@ def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Map
 
         run_dir = Path(run_dir or tempfile.mkdtemp(prefix="adchain-loadtest-"))
         config = write_chain_config(scenario, run_dir / "config")
-        chain = local_chain.start(config, run_dir / "chain")
+        chain = local_chain.start(config, run_dir / "chain", data_dir=data_dir)
         addresses = chain.addresses()
     elif scenario.chain:
         notes.append("against a running chain the scenario's chain settings (" + ", ".join(sorted(scenario.chain))

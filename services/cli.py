@@ -1,8 +1,8 @@
 """The `adchain` command.
 
     adchain serve ROLE --config FILE     serve one role (dsp, ssp, adserver, verifier)
-    adchain up [--addresses FILE] [--prometheus]
-                                         the whole chain as local processes
+    adchain up [--addresses FILE] [--prometheus] [--data DIR]
+                                         the whole chain as local processes, supervised
     adchain loadtest SCENARIO            play a scenario's world through the chain and report
     adchain demo                         the chain, seed-example at a small scale, the report
     adchain reconcile --addresses FILE   the media plan's numbers and the cause of every gap
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     loadtest.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     loadtest.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
     loadtest.add_argument("--run-dir", type=Path, help="where the local chain's configs and logs go")
+    _data_option(loadtest)
 
     demo = commands.add_parser("demo", help="start the chain, run seed-example at a small scale, print the report")
     demo.add_argument("--scale", type=float, default=0.001, help="factor on seed-example's 5.2M opportunities")
@@ -77,6 +78,13 @@ def _chain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-dir", type=Path, default=DEFAULTS,
                         help="folder with dsp-1.toml, dsp-2.toml, ssp.toml, adserver.toml, verifier.toml")
     parser.add_argument("--run-dir", type=Path, help="where configs and logs of the processes go (default: a temp dir)")
+    _data_option(parser)
+
+
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path,
+                        help="where the roles' ledgers live (default: inside the run folder); a chain started "
+                             "again on the same folder resumes the same counts")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -99,7 +107,7 @@ def _up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    chain = local_chain.start(args.config_dir, args.run_dir, prometheus=args.prometheus)
+    chain = local_chain.start(args.config_dir, args.run_dir, prometheus=args.prometheus, data_dir=args.data)
     try:
         _print_addresses(chain)
         if chain.prometheus is not None:
@@ -109,13 +117,11 @@ def _up(args: argparse.Namespace) -> int:
         if args.addresses:
             chain.write_addresses(args.addresses)
             print(f"addresses written to {args.addresses}")
-        print(f"logs in {chain.run_dir}; Ctrl-C stops the chain", flush=True)
-        while not stop.is_set():
-            for process in chain.processes.values():
-                if process.popen.poll() is not None:
-                    print(f"{process.name} exited with {process.popen.returncode}; stopping the chain", file=sys.stderr)
-                    stop.set()
-            stop.wait(0.5)
+        print(f"logs in {chain.run_dir}, ledgers in {chain.data_dir}; Ctrl-C stops the chain", flush=True)
+        # The chain restarts a role that exits (and logs it); only a signal
+        # stops it.
+        while not stop.wait(0.5):
+            pass
     finally:
         chain.stop()
         print("chain stopped", flush=True)
@@ -140,8 +146,12 @@ def _loadtest(args: argparse.Namespace) -> int:
     if args.scale <= 0:
         log.error("--scale must be positive")
         return 2
+    if args.data and addresses is not None:
+        log.error("--data is for the chain loadtest starts; a chain given by --addresses keeps its own")
+        return 2
     result = run(world, scale=args.scale, seed=args.seed, addresses=addresses, max_duration_s=args.duration,
-                 max_opportunities=args.max_opportunities, run_dir=args.run_dir, bulk=args.bulk)
+                 max_opportunities=args.max_opportunities, run_dir=args.run_dir, bulk=args.bulk,
+                 data_dir=args.data)
     print(report.to_json(result) if args.json else report.table(result), flush=True)
     if args.html:
         args.html.write_text(report.to_html(result))
@@ -179,8 +189,9 @@ def _print_addresses(chain) -> None:
     print(f"{'role':<10}{'gRPC':<22}metrics")
     for name, where in chain.addresses().items():
         if "grpc" not in where:
-            continue  # prometheus, printed on its own
+            continue  # the supervisor and prometheus, printed on their own
         print(f"{name:<10}{where['grpc']:<22}http://{where['metrics']}/metrics")
+    print(f"{'supervisor':<10}{'':<22}http://{chain.supervisor_metrics}/metrics  (restarts per role)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@ with the shipped rules loaded (deploy/prometheus/rules), on loopback, with
 1-second intervals so rules and dashboards move while a load runs.
 
 The scrape job is the one in deploy/prometheus/prometheus.yml; only the
-paths (absolute, into the run dir) and the intervals differ.
+paths (absolute, into the run dir) and the intervals differ. A second job
+scrapes the chain's supervisor (its restarts per instance) when the addresses
+name one; it exists only under `adchain up`, so the shipped file has no such
+job.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = DEPLOY / "rules"
 JOB = "adchain"
+SUPERVISOR_JOB = "adchain-supervisor"
 
 
 @dataclasses.dataclass
@@ -58,23 +62,32 @@ def role_of(name: str) -> str:
 
 
 def targets(addresses: Mapping[str, Mapping[str, str]]) -> list[dict]:
-    """File service discovery targets: one per instance with a metrics
-    address, labelled with its instance name and role."""
+    """File service discovery targets: one per role instance (an entry
+    with a gRPC address), labelled with its instance name and role."""
     return [{"targets": [where["metrics"]], "labels": {"instance": name, "role": role_of(name)}}
-            for name, where in addresses.items() if "metrics" in where]
+            for name, where in addresses.items() if "grpc" in where and "metrics" in where]
 
 
-def config(targets_file: Path, interval_s: float = 1.0) -> dict:
+def supervisor_targets(addresses: Mapping[str, Mapping[str, str]]) -> list[dict]:
+    """The supervisor's /metrics, when the addresses name one."""
+    where = addresses.get("supervisor", {})
+    return [{"targets": [where["metrics"]], "labels": {"instance": "supervisor"}}] if "metrics" in where else []
+
+
+def config(targets_file: Path, interval_s: float = 1.0, supervisor_file: Path | None = None) -> dict:
     """The run's configuration (JSON is YAML, so Prometheus reads it as is)."""
     interval = f"{round(interval_s * 1000)}ms"
+    jobs = [(JOB, targets_file)] + ([(SUPERVISOR_JOB, supervisor_file)] if supervisor_file is not None else [])
     return {
         "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
         "rule_files": [str(RULES / "*.yml")],
+        # honor_labels for the supervisor too: its series name the role they
+        # are about in `instance`, which must not become exported_instance.
         "scrape_configs": [{
-            "job_name": JOB,
+            "job_name": job,
             "honor_labels": True,
-            "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
-        }],
+            "file_sd_configs": [{"files": [str(path)], "refresh_interval": "5s"}],
+        } for job, path in jobs],
     }
 
 
@@ -91,8 +104,12 @@ def start(addresses: Mapping[str, Mapping[str, str]], run_dir: Path, *, binary: 
     home.mkdir(parents=True, exist_ok=True)
     targets_file = home / "targets.json"
     _write_json(targets_file, targets(addresses))
+    supervisor_file = None
+    if supervisor := supervisor_targets(addresses):
+        supervisor_file = home / "supervisor.json"
+        _write_json(supervisor_file, supervisor)
     config_file = home / "prometheus.yml"
-    _write_json(config_file, config(targets_file, interval_s))
+    _write_json(config_file, config(targets_file, interval_s, supervisor_file))
     log_file = home / "prometheus.log"
     # The free port is found by binding port 0 and closing it; another process
     # can take it in between, so a start that fails is tried on a new port.

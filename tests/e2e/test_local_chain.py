@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -24,14 +25,18 @@ NAMES = {"dsp-1", "dsp-2", "ssp", "adserver", "verifier"}
 def test_up_writes_addresses_serves_every_role_and_stops_on_sigterm(tmp_path):
     addresses = tmp_path / "addresses.json"
     up = subprocess.Popen([sys.executable, "-m", "services", "up", "--addresses", str(addresses),
-                           "--run-dir", str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                           "--run-dir", str(tmp_path / "run"), "--data", str(tmp_path / "data")], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_for(addresses.exists, timeout_s=60), "no addresses file"
         found = json.loads(addresses.read_text())
-        assert set(found) == NAMES
-        for where in found.values():
-            assert where["grpc"].startswith("127.0.0.1:") and where["metrics"].startswith("127.0.0.1:")
+        assert set(found) == NAMES | {"supervisor"}
+        for name in NAMES:
+            assert found[name]["grpc"].startswith("127.0.0.1:") and found[name]["metrics"].startswith("127.0.0.1:")
+            config = json.loads((tmp_path / "run" / f"{name}.json").read_text())
+            assert config["ledger"]["path"] == str(tmp_path / "data" / f"{name}.sqlite")
+        supervisor = urllib.request.urlopen(f"http://{found['supervisor']['metrics']}/metrics", timeout=5).read()
+        assert b'adchain_chain_role_restarts_total{instance="verifier"} 0.0' in supervisor
         snapshots = read_snapshots(found)
         assert {s.role for s in snapshots.values()} == {"dsp", "ssp", "adserver", "verifier"}
         pids = [json.loads((tmp_path / "run" / f"{n}.ready.json").read_text())["pid"] for n in NAMES]

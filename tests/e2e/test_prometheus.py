@@ -192,6 +192,11 @@ def test_adchain_up_with_prometheus_scrapes_every_role_and_stops_it(tmp_path):
             ("dsp-1", "dsp"): 1, ("dsp-2", "dsp"): 1, ("ssp", "ssp"): 1, ("adserver", "adserver"): 1,
             ("verifier", "verifier"): 1}
         assert wait_for(lambda: len(query(prometheus, "stage:adchain_impressions_total:sum")) == 5, timeout_s=30)
+        # The supervisor in a job of its own, its series naming the role they are about.
+        restarts = 'adchain_chain_role_restarts_total{job="adchain-supervisor"}'
+        assert wait_for(lambda: len(query(prometheus, restarts)) == 5, timeout_s=30, interval_s=0.2)
+        assert {r["metric"]["instance"]: float(r["value"][1]) for r in query(prometheus, restarts)} == {
+            "dsp-1": 0, "dsp-2": 0, "ssp": 0, "adserver": 0, "verifier": 0}
     finally:
         up.send_signal(signal.SIGTERM)
         output, _ = up.communicate(timeout=60)
