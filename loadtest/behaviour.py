@@ -30,6 +30,8 @@ MTYPE_VIDEO = 2
 BOT_RENDER_DELAY_MS = {"bot_known_agent": (5.0, 60.0), "bot_datacenter": (5.0, 60.0), "bot_human_like": (2.0, 20.0)}
 RPC_TIMEOUT_S = 10.0
 OUTCOME_NAMES = {v: k.removeprefix("EVENT_OUTCOME_") for k, v in ad_server_pb2.EventOutcome.items()}
+# The verifier's answers by the names its journal uses (viewable, not_viewable, ...).
+EXPOSURE_NAMES = {v: k.removeprefix("EXPOSURE_CLASS_").lower() for k, v in verifier_pb2.ExposureClass.items()}
 
 
 class Clients:
@@ -104,8 +106,9 @@ class Clients:
     async def report_exposure(self, op: Opportunity, record: Record, ad: exchange_pb2.Ad) -> None:
         request = exposure(op, ad, self.rng, self._interval)
         try:
-            await self.verifier.RecordExposure(request, timeout=RPC_TIMEOUT_S)
+            answer = await self.verifier.RecordExposure(request, timeout=RPC_TIMEOUT_S)
             record.tag = op.exposure if op.measurable else "unmeasurable"
+            record.tag_answer = EXPOSURE_NAMES.get(answer.exposure_class, str(answer.exposure_class))
         except grpc.RpcError:
             record.tag = ""
 

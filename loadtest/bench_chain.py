@@ -313,16 +313,17 @@ async def bid_stream_items_per_s(dsp, seconds: float, per_message: int = 250, me
     return {"items_per_s": round(answered / (time.perf_counter() - began)), "per_message": per_message}
 
 
-def end_to_end(scale: float, bulk: bool, workdir: Path) -> dict:
-    """seed-example through a local chain it starts: opportunities/s, CPU
-    µs per opportunity per role, peak resident memory per role."""
+def end_to_end(scale: float, bulk: bool, workdir: Path, ledger: bool = True) -> dict:
+    """seed-example through a local chain it starts (each role on its ledger,
+    or with `ledger=False` in memory): opportunities/s, CPU µs per
+    opportunity per role, peak resident memory per role."""
     from loadtest import run as runs
     from loadtest import scenario as scenarios
     from services.local import chain as local_chain
 
     world = scenarios.load("seed-example")
     config = runs.write_chain_config(world, workdir / "config")
-    chain = local_chain.start(config, workdir / "chain")
+    chain = local_chain.start(config, workdir / "chain", ledger=ledger)
     try:
         pids = {name: p.popen.pid for name, p in chain.processes.items()}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}

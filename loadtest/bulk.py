@@ -25,7 +25,7 @@ import grpc
 
 from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, exchange_pb2, exchange_pb2_grpc, verifier_pb2_grpc,
                         verifier_pb2)
-from loadtest.behaviour import (OUTCOME_NAMES, RPC_TIMEOUT_S, ad_request, click, exposure, render_cause,
+from loadtest.behaviour import (EXPOSURE_NAMES, OUTCOME_NAMES, RPC_TIMEOUT_S, ad_request, click, exposure, render_cause,
                                 render_delay_ms)
 from loadtest.truth import Record, Truth
 from loadtest.world import Opportunity
@@ -238,6 +238,8 @@ class BulkDriver:
         for i, (op, record, _ad) in enumerate(reports):
             if results is not None and results[i].status.code == 0:
                 record.tag = op.exposure if op.measurable else "unmeasurable"
+                answer = results[i].response.exposure_class
+                record.tag_answer = EXPOSURE_NAMES.get(answer, str(answer))
             self._done(record)
 
     def _done(self, record: Record) -> None:

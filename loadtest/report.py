@@ -123,6 +123,13 @@ def table(report: Mapping) -> str:
         lines.append(f"  {row['stage']:<12}{row['counted_by']:<11}{row['count']:>10,}{gap:>13}"
                      f"{row['truth_expects']:>15,}  {'yes' if row['agrees'] else 'NO'}")
     b = report["billing"]
+    if "acknowledged" in report["stages"][0]:
+        lines.append("")
+        lines.append("acknowledged to a client, and kept (from the services' journals):")
+        lines.append(f"  {'stage':<12}{'acknowledged':>13}{'lost':>8}{'double counted':>16}")
+        for row in report["stages"]:
+            lost, double = ("n/a" if row[k] is None else f"{row[k]:,}" for k in ("lost", "double_counted"))
+            lines.append(f"  {row['stage']:<12}{row['acknowledged']:>13,}{lost:>8}{double:>16}")
     lines.append("")
     lines.append(f"  served {b['served']:,}   measurable {b['measurable']:,}   viewable {b['viewable']:,}   "
                  f"effective vCPM {_money(b['effective_vcpm_usd'])}")

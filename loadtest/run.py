@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from loadtest import audit as audits
 from loadtest import report as reports
 from loadtest import world
 from loadtest.behaviour import Clients, Driver
@@ -150,6 +151,7 @@ def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Map
             clients = Clients(addresses, truth, interval_ms, traffic.auction_type, traffic.tmax_ms)
             driver = Driver(clients, traffic.concurrency, traffic.rate_per_s)
         began = time.monotonic()
+        began_ms = int(time.time() * 1000)
         if progress is not None:
             with Progress(driver, len(plan), progress):
                 complete = driver.run(plan, deadline=began + limit_s)
@@ -162,21 +164,29 @@ def run(scenario: Scenario, *, scale: float = 1.0, seed: int = 1, addresses: Map
         result = reports.build(scenario, scale, seed, before, after, truth, driver.latencies_ms, wall_s, complete,
                                notes)
         result["throughput"]["mode"] = "bulk" if bulk else "per_event"
+        kept = audits.audit(truth.records(), addresses, began_ms, before, after)
+        for row in result["stages"]:
+            row.update(kept[row["stage"]])
         return result
     finally:
         if chain is not None:
             chain.stop()
 
 
-def _settled_counts(addresses: Mapping, timeout_s: float = 10.0) -> reconcile.ChainCounts:
-    """Counts once win notices still in flight have landed: two reads in a
-    row that agree."""
+def _settled_counts(addresses: Mapping, timeout_s: float = 90.0) -> reconcile.ChainCounts:
+    """Counts once every notice still owed (win and loss notices in flight,
+    billing and event notices in an outbox or waiting to retry) has landed
+    or failed for good, and two reads in a row agree. The timeout outlasts a
+    notice's retry window (a minute by default)."""
     deadline = time.monotonic() + timeout_s
-    counts = reconcile.chain_counts(reconcile.read_snapshots(addresses))
+    snapshots = reconcile.read_snapshots(addresses)
+    counts = reconcile.chain_counts(snapshots)
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        again = reconcile.chain_counts(reconcile.read_snapshots(addresses))
-        if again == counts:
+        owed = sum(s.notices_owed for s in snapshots.values())
+        snapshots = reconcile.read_snapshots(addresses)
+        again = reconcile.chain_counts(snapshots)
+        if again == counts and not owed and not sum(s.notices_owed for s in snapshots.values()):
             return again
         counts = again
     return counts

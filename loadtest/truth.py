@@ -55,6 +55,9 @@ class Record:
     duplicates_sent: int = 0
     # unmeasurable, engaged, scrolled_past or below_fold; "" when no tag report.
     tag: str = ""
+    # What the verifier answered the tag report (viewable, not_viewable, ...);
+    # "" when the report was not acknowledged.
+    tag_answer: str = ""
     clicked: bool = False
     converted: bool = False
     pod_break: str = ""

@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--run-dir", type=Path, help="where the local chain's configs and logs go")
 
     reconcile = commands.add_parser("reconcile", help="read every role's counts and attribute every gap to a cause")
-    reconcile.add_argument("--addresses", type=Path, required=True, help="the file `adchain up --addresses` wrote")
+    source = reconcile.add_mutually_exclusive_group(required=True)
+    source.add_argument("--addresses", type=Path, help="the file `adchain up --addresses` wrote (a running chain)")
+    source.add_argument("--ledgers", type=Path, help="a data folder of ledger files (`adchain up --data DIR`): "
+                                                     "the same report from the files alone, the chain stopped or not")
     reconcile.add_argument("--json", action="store_true", help="print one JSON object")
 
     args = parser.parse_args(argv)
@@ -179,8 +182,14 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     from services import reconcile
 
-    addresses = json.loads(args.addresses.read_text())
-    result = reconcile.report(reconcile.read_snapshots(addresses), reconcile.read_journals(addresses))
+    if args.ledgers is not None:
+        if not reconcile.ledger_files(args.ledgers):
+            print(f"no ledger files (*.sqlite) in {args.ledgers}", file=sys.stderr)
+            return 2
+        result = reconcile.report(reconcile.ledger_snapshots(args.ledgers), reconcile.ledger_journals(args.ledgers))
+    else:
+        addresses = json.loads(args.addresses.read_text())
+        result = reconcile.report(reconcile.read_snapshots(addresses), reconcile.online_journals(addresses))
     print(json.dumps(result, indent=2) if args.json else reconcile.format_report(result))
     return 0
 

@@ -11,14 +11,17 @@ viewable / served, as media plans report it.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import Counter as Multiset
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 import grpc
 
 from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, bidder_pb2, bidder_pb2_grpc, counts_pb2, exchange_pb2,
                         exchange_pb2_grpc, verifier_pb2, verifier_pb2_grpc)
 from services.runtime.counting import total
+from services.runtime.store import open_read_only, scan
 
 STAGES = ("won", "returned", "rendered", "measurable", "viewable")
 # Which role counts each stage.
@@ -47,37 +50,27 @@ def _roles(addresses: Mapping[str, Mapping[str, str]]):
             yield name, role, where["grpc"]
 
 
-def read_snapshots(addresses: Mapping[str, Mapping[str, str]], timeout_s: float = 5.0
+def read_snapshots(addresses: Mapping[str, Mapping[str, str]], timeout_s: float = 15.0
                    ) -> dict[str, counts_pb2.CountsSnapshot]:
     """GetCounts from every role in an addresses file (as `adchain up
-    --addresses` writes it)."""
+    --addresses` writes it). A role being restarted is waited for, up to
+    `timeout_s`."""
     snapshots = {}
     for name, role, target in _roles(addresses):
         stub_type, counts_request, _list_request = _STUBS[role]
         with grpc.insecure_channel(target) as channel:
-            snapshots[name] = stub_type(channel).GetCounts(counts_request, timeout=timeout_s).snapshot
+            snapshots[name] = stub_type(channel).GetCounts(counts_request, timeout=timeout_s,
+                                                           wait_for_ready=True).snapshot
     return snapshots
 
 
-@dataclasses.dataclass(frozen=True)
-class Journals:
-    """Every role's per-impression verdicts, by role (DSP instances merged)."""
-
-    records: dict[str, dict[str, counts_pb2.ImpressionRecord]]
-    truncated: bool
-
-
-def read_journals(addresses: Mapping[str, Mapping[str, str]], timeout_s: float = 60.0) -> Journals:
-    records: dict[str, dict[str, counts_pb2.ImpressionRecord]] = {r: {} for r in ("dsp", "ssp", "adserver", "verifier")}
-    truncated = False
+def journal_pages(addresses: Mapping[str, Mapping[str, str]], timeout_s: float = 3600.0
+                  ) -> Iterator[tuple[str, counts_pb2.ImpressionRecords]]:
+    """Every role's journal as it streams, (role, page) by page, one role
+    after the other: for readers that keep what they need of each record."""
     for _name, role, target in _roles(addresses):
-        stub_type, _counts_request, list_request = _STUBS[role]
-        with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
-            for response in stub_type(channel).ListImpressions(list_request, timeout=timeout_s):
-                truncated |= response.page.truncated
-                for record in response.page.records:
-                    records[role].setdefault(record.impression_key, record)
-    return Journals(records, truncated)
+        for page in _list_impressions(role, target, timeout_s):
+            yield role, page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,21 +136,106 @@ def billing(counts: ChainCounts) -> Billing:
     return Billing(counts.stages["rendered"], counts.stages["viewable"], counts.spend_micros)
 
 
-def attribute(journals: Journals) -> dict[str, dict[str, int]]:
+class JournalStreams:
+    """Every role instance's journal as a stream of pages in impression key
+    order (each ListImpressions stream and each ledger file reads that way),
+    merged into one pass over the keys: reconciliation holds one key's
+    records at a time, never a journal."""
+
+    def __init__(self, streams: Iterable[tuple[str, Iterator[counts_pb2.ImpressionRecords]]]):
+        self._streams = list(streams)
+        self.truncated = False
+
+    def by_key(self) -> Iterator[tuple[str, dict[str, counts_pb2.ImpressionRecord]]]:
+        """(impression key, {role: its record}) for every key any journal holds, in key order."""
+        merged = heapq.merge(*(self._records(role, pages) for role, pages in self._streams), key=lambda r: r[0])
+        key, found = None, {}
+        for record_key, role, record in merged:
+            if record_key != key:
+                if key is not None:
+                    yield key, found
+                key, found = record_key, {}
+            found.setdefault(role, record)
+        if key is not None:
+            yield key, found
+
+    def _records(self, role: str, pages: Iterator[counts_pb2.ImpressionRecords]):
+        for page in pages:
+            self.truncated |= page.truncated
+            for record in page.records:
+                yield record.impression_key, role, record
+
+
+def online_journals(addresses: Mapping[str, Mapping[str, str]], timeout_s: float = 3600.0) -> JournalStreams:
+    """The journals of a running chain, each streamed by its ListImpressions."""
+    return JournalStreams((role, _list_impressions(role, target, timeout_s)) for _name, role, target in _roles(addresses))
+
+
+def _list_impressions(role: str, target: str, timeout_s: float) -> Iterator[counts_pb2.ImpressionRecords]:
+    stub_type, _counts_request, list_request = _STUBS[role]
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        for response in stub_type(channel).ListImpressions(list_request, timeout=timeout_s, wait_for_ready=True):
+            yield response.page
+
+
+def attribute(journals: JournalStreams) -> dict[str, dict[str, int]]:
     """For each adjacent pair of stages, the impressions counted at the first
     and not at the second, by cause, joined on impression key."""
-    counted = {stage: set() for stage in STAGES}
-    for role, by_key in journals.records.items():
-        for key, record in by_key.items():
-            for stage in _COUNTS_TOWARD.get((role, record.outcome), ()):
-                counted[stage].add(key)
-    causes: dict[str, dict[str, int]] = {}
-    for before, after in TRANSITIONS:
-        missing = counted[before] - counted[after]
-        verdicts = journals.records[STAGE_ROLE[after]]
-        causes[f"{before}->{after}"] = dict(sorted(Multiset(
-            _cause(after, verdicts.get(key)) for key in missing).items()))
-    return causes
+    causes: dict[str, Multiset] = {f"{before}->{after}": Multiset() for before, after in TRANSITIONS}
+    for _key, records in journals.by_key():
+        counted = set()
+        for role, record in records.items():
+            counted.update(_COUNTS_TOWARD.get((role, record.outcome), ()))
+        for before, after in TRANSITIONS:
+            if before in counted and after not in counted:
+                causes[f"{before}->{after}"][_cause(after, records.get(STAGE_ROLE[after]))] += 1
+    return {gap: dict(sorted(found.items())) for gap, found in causes.items()}
+
+
+def ledger_files(folder: Path) -> list[Path]:
+    """The ledger files in a data folder (as `adchain up --data` keeps them)."""
+    return sorted(p for p in Path(folder).glob("*.sqlite") if p.is_file())
+
+
+def ledger_snapshots(folder: Path) -> dict[str, counts_pb2.CountsSnapshot]:
+    """Every role's counts as its ledger file holds them (the chain may be stopped)."""
+    snapshots = {}
+    for path in ledger_files(folder):
+        db = open_read_only(path)
+        try:
+            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+            counts = db.execute("SELECT name, reason, campaign, value FROM counts ORDER BY name, reason, campaign")
+            snapshots[meta.get("instance", path.stem)] = counts_pb2.CountsSnapshot(
+                role=meta.get("role", instance_role(path.stem)), instance=meta.get("instance", path.stem),
+                counts=[counts_pb2.Count(name=n, reason=r, campaign=c, value=v) for n, r, c, v in counts])
+        finally:
+            db.close()
+    return snapshots
+
+
+def ledger_journals(folder: Path, page_size: int = 5_000) -> JournalStreams:
+    """Every role's journal read from its ledger file, in key order."""
+    streams = []
+    for path in ledger_files(folder):
+        db = open_read_only(path)
+        try:
+            role = dict(db.execute("SELECT name, value FROM meta").fetchall()).get("role", instance_role(path.stem))
+        finally:
+            db.close()
+        streams.append((role, _ledger_pages(path, page_size)))
+    return JournalStreams(streams)
+
+
+def _ledger_pages(path: Path, page_size: int) -> Iterator[counts_pb2.ImpressionRecords]:
+    db = open_read_only(path)
+    try:
+        db.execute("BEGIN")  # one snapshot for every page
+        for rows in scan(db, "journal", "key, outcome, reason, campaign, seat, at_ms", "key", page_size):
+            yield counts_pb2.ImpressionRecords(records=[
+                counts_pb2.ImpressionRecord(impression_key=k, outcome=o, reason=r, campaign_id=c, seat=s, at_ms=t)
+                for k, o, r, c, s, t in rows])
+    finally:
+        db.close()
 
 
 def _cause(stage: str, record: counts_pb2.ImpressionRecord | None) -> str:
@@ -188,7 +266,7 @@ def campaigns(snapshots: Mapping[str, counts_pb2.CountsSnapshot]) -> list[str]:
     return sorted({c.campaign for s in snapshots.values() for c in s.counts if c.campaign})
 
 
-def report(snapshots: Mapping[str, counts_pb2.CountsSnapshot], journals: Journals | None = None) -> dict:
+def report(snapshots: Mapping[str, counts_pb2.CountsSnapshot], journals: JournalStreams | None = None) -> dict:
     """Everything reconciliation knows, as one JSON-ready object."""
     counts = chain_counts(snapshots)
     result = {

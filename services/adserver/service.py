@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import Gauge
+
 from adchain.v1 import ad_server_pb2, ad_server_pb2_grpc
 from services.adserver.counting import FrequencyCaps, ImpressionCounter
 from services.adserver.ivt import InvalidTrafficFilter
@@ -51,6 +53,10 @@ class AdServerApp:
         self._dsps = BidderPeers(config.dsps)
         stubs = self._dsps.aio_stubs
         self.notices = NoticeSender(stubs, config.billing, self.ledger.record_notice, store=context.store)
+        self.ledger.tally.notices_owed = self.notices.pending
+        Gauge("adchain_adserver_notices_owed", "Notices owed to DSPs and not yet settled (delivered, or failed for "
+              "good): in the outbox, batching, in flight or waiting to retry.",
+              registry=context.registry).set_function(self.notices.pending)
         self._counter = counter = ImpressionCounter(
             TokenCodec(config.tokens), self.ledger, frozenset(stubs), InvalidTrafficFilter(config.ivt),
             FrequencyCaps(config.frequency_caps), self.notices.submit_many, context.clock,

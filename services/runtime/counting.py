@@ -33,6 +33,8 @@ class Tally:
         self._store = store
         # Adds not yet committed to the ledger (with one).
         self._pending: dict[Key, int] = {}
+        # How many notices the role owes its peers (set by a role that sends them).
+        self.notices_owed: Callable[[], int] = lambda: 0
         if store is not None:
             self.reload()
             store.add_flusher(self._flush)
@@ -92,6 +94,7 @@ class Tally:
             instance=self.instance,
             counts=[counts_pb2.Count(name=n, reason=r, campaign=c, value=v) for (n, r, c), v in items],
             taken_at_ms=int(self._clock() * 1000),
+            notices_owed=self.notices_owed(),
         )
 
 

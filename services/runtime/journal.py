@@ -53,9 +53,10 @@ class Journal:
             return len(self._records)
 
     def pages(self, size: int = PAGE_SIZE) -> Iterator[counts_pb2.ImpressionRecords]:
-        """The records in arrival order, `size` at a time (a snapshot)."""
+        """The records in key order, `size` at a time (a snapshot): every
+        journal streams in key order, so reconciliation merges them."""
         with self._lock:
-            items = list(self._records.items())
+            items = sorted(self._records.items())
             truncated = self._truncated
         for start in range(0, max(len(items), 1), size):
             yield counts_pb2.ImpressionRecords(

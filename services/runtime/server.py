@@ -153,6 +153,8 @@ async def _start(role: Role, settings: Any, registry: CollectorRegistry | None, 
     instance = server_settings.name or role.name
     started = time.perf_counter() if started is None else started
     store = _open_store(getattr(settings, "ledger", None), clock)
+    if store is not None:
+        store.describe(role.name, instance)
     # Built on the loop: the clients a role opens (aio channels) belong to it.
     app = role.build(settings, RoleContext(instance=instance, registry=registry, clock=clock, store=store))
 

@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY, peer TEXT NOT NULL, kind TEXT NOT NULL, payload BLOB NOT NULL,
     created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accruals (
     id INTEGER PRIMARY KEY, at_s REAL NOT NULL, campaigns TEXT NOT NULL, campaign BLOB NOT NULL,
     cost_micros BLOB NOT NULL, kind BLOB NOT NULL, user_key_hash BLOB NOT NULL);
@@ -213,6 +214,11 @@ class LedgerStore:
         self.failure = None
         return True
 
+    def describe(self, role: str, instance: str) -> None:
+        """Say whose ledger this is, for readers of the file alone (offline audit)."""
+        self.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("role", role), ("instance", instance)])
+        self.commit()
+
     # -- reading -------------------------------------------------------------------------
     def query(self, sql: str, params=()) -> list[tuple]:
         """Rows from the writer's connection (sees its own open transaction)."""
@@ -224,9 +230,7 @@ class LedgerStore:
     def reader(self) -> sqlite3.Connection:
         """A read-only connection of its own, for reading a snapshot while
         the role goes on writing (ListImpressions, reconciliation)."""
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA cache_size=-{CACHE_KIB // 4}")
-        return db
+        return open_read_only(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -236,6 +240,14 @@ class LedgerStore:
                 except LedgerUnavailable:
                     pass
             self._db.close()
+
+
+def open_read_only(path: str | Path) -> sqlite3.Connection:
+    """A ledger file opened for reading only, by a reader without its role
+    (offline audit); works while the role is writing it, or stopped."""
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, isolation_level=None)
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB // 4}")
+    return db
 
 
 def scan(db: sqlite3.Connection, table: str, columns: str, key: str, size: int,

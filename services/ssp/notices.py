@@ -142,11 +142,14 @@ class NoticeBatches:
         if self._closing or time.monotonic() + self._retry_interval_s > min(
                 self._first_try.get(i, 0.0) for i in outbox_ids) + self._retry_for_s:
             return False
-        self._in_flight[kind] -= len(outbox_ids)
-        items = list(zip(batch.items, outbox_ids))
-        asyncio.get_running_loop().call_later(
-            self._retry_interval_s, lambda: [self._hand_over(dsp, kind, notice, i) for notice, i in items])
+        # Still in flight (owed) while they wait: they rejoin the batch when the timer fires.
+        items = [(kind, notice, i) for notice, i in zip(batch.items, outbox_ids)]
+        asyncio.get_running_loop().call_later(self._retry_interval_s, self._batcher.add_many, dsp, items)
         return True
+
+    def pending(self) -> int:
+        """Notices handed to the batches and not yet counted sent or failed."""
+        return self._in_flight.total()
 
     def _counted(self, kind: str, sent: int, delivered: int) -> None:
         if delivered:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 import grpc
+from prometheus_client import Gauge
 
 from adchain.v1 import exchange_pb2, exchange_pb2_grpc
 from services.runtime.delivery import on_delivered
@@ -103,6 +104,10 @@ class SspApp:
         self._bids = BidStreams(self._dsps.aio_stubs, opened=self.ledger.record_bid_stream_opened)
         self._notices = NoticeBatches(self._dsps.aio_stubs, config.exchange, self.ledger.record_notice,
                                       store=context.store)
+        self.ledger.tally.notices_owed = self._notices.pending
+        Gauge("adchain_ssp_notices_owed", "Notices owed to DSPs and not yet settled (delivered, or failed for "
+              "good): in the outbox, batching, in flight or waiting to retry.",
+              registry=context.registry).set_function(self._notices.pending)
         self.exchange = exchange = Exchange(config.exchange, self._bids, self._notices, TokenCodec(config.tokens),
                                             self.ledger, context.clock)
         self.servicers = [Servicer(

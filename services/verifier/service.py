@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from google.protobuf.message import Message
+from prometheus_client import Gauge
 
 from adchain.v1 import bidder_pb2, token_pb2, verifier_pb2, verifier_pb2_grpc
 from services.runtime.batch import answer_each
@@ -174,6 +175,10 @@ class VerifierApp:
         self._dsps = BidderPeers(config.dsps)
         stubs = self._dsps.aio_stubs
         self.notices = NoticeSender(stubs, config.notices, self.ledger.record_notice, store=context.store)
+        self.ledger.tally.notices_owed = self.notices.pending
+        Gauge("adchain_verifier_notices_owed", "Notices owed to DSPs and not yet settled (delivered, or failed for "
+              "good): in the outbox, batching, in flight or waiting to retry.",
+              registry=context.registry).set_function(self.notices.pending)
         # A token naming a DSP the verifier does not know is still measured; only the notice is skipped.
         notify = (lambda notices: self.notices.submit_many(n for n in notices if n[0] in stubs))
         classifier = ExposureClassifier(TokenCodec(config.tokens), self.ledger, context.clock,

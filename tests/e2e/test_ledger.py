@@ -5,13 +5,18 @@ accruals."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 
 from adchain.v1 import ad_server_pb2, exchange_pb2, verifier_pb2
-from services.reconcile import read_journals, read_snapshots
+from services import reconcile
+from services.reconcile import online_journals, read_snapshots
 from services.runtime.journal import DurableJournal
 from services.runtime.store import LedgerStore
-from tests.conftest import banner_request, start_chain, stop_chain, wait_for
+from tests.conftest import ROOT, banner_request, start_chain, stop_chain, wait_for
 
 HUMAN = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 ROLES = ("dsp-1", "dsp-2", "ssp", "adserver", "verifier")
@@ -24,17 +29,22 @@ def counts(chain) -> dict[str, dict[tuple[str, str, str], int]]:
 
 
 def journals(chain) -> dict[str, list[tuple]]:
-    found = read_journals(chain.addresses())
-    assert not found.truncated
-    return {role: sorted((r.impression_key, r.outcome, r.reason, r.campaign_id, r.seat, r.at_ms)
-                         for r in records.values()) for role, records in found.records.items()}
+    streams = online_journals(chain.addresses())
+    found: dict[str, list[tuple]] = {}
+    for _key, records in streams.by_key():
+        for role, r in records.items():
+            found.setdefault(role, []).append((r.impression_key, r.outcome, r.reason, r.campaign_id, r.seat, r.at_ms))
+    assert not streams.truncated
+    return found
 
 
 def play(chain, n: int) -> list[exchange_pb2.Ad]:
     """n opportunities: ad request, render, tag report (every third one not in view)."""
     ads = []
     for i in range(n):
-        response = chain.ssp.RequestAd(banner_request(f"r{i}"), timeout=5)
+        request = banner_request(f"r{i}")
+        request.tmax_ms = 2_000  # this test is about what is kept, not about a slow first auction
+        response = chain.ssp.RequestAd(request, timeout=5)
         assert response.HasField("ad"), response
         ad = response.ad
         ads.append(ad)
@@ -65,11 +75,20 @@ def test_a_chain_started_again_on_its_ledgers_answers_as_before(tmp_path):
         assert wait_for(lambda: settled(chain, 12), timeout_s=10)
         before = counts(chain)
         journals_before = journals(chain)
+        online = reconcile.report(read_snapshots(chain.addresses()), online_journals(chain.addresses()))
         spend_before = chain.running["dsp-1"].app.ledger._engine.snapshot()
     finally:
         stop_chain(chain)
     assert before["adserver"][("rendered", "dsp-1", "c-display")] == 12
     assert before["verifier"][("viewable", "", "c-display")] == 8
+    # The chain stopped, its ledger files alone give the same report.
+    offline = reconcile.report(reconcile.ledger_snapshots(tmp_path), reconcile.ledger_journals(tmp_path))
+    assert offline == online
+    assert online["causes"]["measurable->viewable"] == {"not_viewable": 4}
+    cli = subprocess.run([sys.executable, "-m", "services", "reconcile", "--ledgers", str(tmp_path), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == offline
 
     chain = start_chain(ledger_dir=tmp_path)
     try:
