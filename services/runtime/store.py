@@ -55,6 +55,9 @@ SYNCHRONOUS = ("normal", "full")
 # ledger's memory stays this size however many events it holds.
 CACHE_KIB = 32 * 1024
 
+# How much a failed ledger's probe writes before it is trusted again.
+PROBE_BYTES = 1 << 20
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counts (
     name TEXT NOT NULL, reason TEXT NOT NULL, campaign TEXT NOT NULL, value INTEGER NOT NULL,
@@ -196,12 +199,14 @@ class LedgerStore:
 
     def probe(self) -> bool:
         """Try one write (a failed store's way back): True, and the store
-        serves again, when the disk took it. The caller rebuilds its memory
-        from the ledger before serving."""
+        serves again, when the disk took it. The write is PROBE_BYTES, not a
+        byte: a disk with room for a row but not for a batch is still full.
+        The caller rebuilds its memory from the ledger before serving."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO counts VALUES ('ledger_probe', '', '', 0)")
-            self._db.execute("DELETE FROM counts WHERE name = 'ledger_probe'")
+            self._db.execute("CREATE TABLE IF NOT EXISTS probe (payload BLOB)")
+            self._db.execute("INSERT INTO probe VALUES (zeroblob(?))", (PROBE_BYTES,))
+            self._db.execute("DELETE FROM probe")
             self._db.execute("COMMIT")
         except sqlite3.Error as error:
             try:

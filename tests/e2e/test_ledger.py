@@ -9,7 +9,10 @@ import json
 import subprocess
 import sys
 
+import grpc
 import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adchain.v1 import ad_server_pb2, exchange_pb2, verifier_pb2
 from services import reconcile
@@ -38,8 +41,9 @@ def journals(chain) -> dict[str, list[tuple]]:
     return found
 
 
-def play(chain, n: int) -> list[exchange_pb2.Ad]:
-    """n opportunities: ad request, render, tag report (every third one not in view)."""
+def play(chain, n: int, render: bool = True) -> list[exchange_pb2.Ad]:
+    """n opportunities: ad request, render, tag report (every third one not
+    in view); only the ad requests without `render`."""
     ads = []
     for i in range(n):
         request = banner_request(f"r{i}")
@@ -48,6 +52,8 @@ def play(chain, n: int) -> list[exchange_pb2.Ad]:
         assert response.HasField("ad"), response
         ad = response.ad
         ads.append(ad)
+        if not render:
+            continue
         chain.adserver.RecordImpression(ad_server_pb2.RecordImpressionRequest(
             token=ad.token, user_agent=HUMAN, ip="203.0.113.9"), timeout=5)
         in_view = 0 if i % 3 == 0 else 100
@@ -147,3 +153,55 @@ def test_what_was_not_committed_is_not_in_the_ledger(tmp_path):
     reopened = LedgerStore(tmp_path / "role.sqlite")
     assert [r.impression_key for p in DurableJournal(reopened).pages() for r in p.records] == ["a:1"]
     reopened.close()
+
+
+def judged(chain) -> int:
+    """Beacons the ad server gave a verdict (rendered, or filtered as invalid or capped)."""
+    return sum(v for (name, _r, _c), v in counts(chain)["adserver"].items() if name in ("rendered", "invalid", "capped"))
+
+
+def health(chain, name: str) -> int:
+    with grpc.insecure_channel(chain.running[name].grpc_address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "read_only"])
+def test_a_ledger_that_cannot_be_written_acknowledges_nothing_until_it_can(tmp_path, fault):
+    chain = start_chain(ledger_dir=tmp_path)
+    try:
+        ads = play(chain, 400, render=False)
+        store = chain.running["adserver"].store
+        beacon = [ad_server_pb2.RecordImpressionRequest(token=ad.token, user_agent=HUMAN, ip="203.0.113.9")
+                  for ad in ads]
+        # The disk fills up (SQLite's own limit on the file, the error a full
+        # disk gives), or the ledger becomes read-only.
+        if fault == "disk_full":
+            pages = store.query_one("PRAGMA page_count")[0]
+            store.query(f"PRAGMA max_page_count = {pages}")
+        else:
+            store.query("PRAGMA query_only = ON")
+        acknowledged, refused = 0, None
+        for i, request in enumerate(beacon):
+            try:
+                chain.adserver.RecordImpression(request, timeout=5)
+                acknowledged += 1
+            except grpc.RpcError as error:
+                refused = i
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                assert "ledger" in error.details() and "cannot be written" in error.details()
+                break
+        assert refused is not None, "the ledger never refused a write"
+        assert wait_for(lambda: health(chain, "adserver") == health_pb2.HealthCheckResponse.NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as again:  # nothing is taken while it cannot write
+            chain.adserver.RecordImpression(beacon[refused], timeout=5)
+        assert again.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Room again: the probe finds it, and the role serves.
+        store.query("PRAGMA max_page_count = 1073741823" if fault == "disk_full" else "PRAGMA query_only = OFF")
+        assert wait_for(lambda: health(chain, "adserver") == health_pb2.HealthCheckResponse.SERVING, timeout_s=10)
+        assert judged(chain) == acknowledged  # the refused one was not counted
+        # The refused beacon, sent again, is judged now: its first try left nothing behind.
+        again_answer = chain.adserver.RecordImpression(beacon[refused], timeout=5)
+        assert again_answer.outcome != ad_server_pb2.EVENT_OUTCOME_DUPLICATE
+        assert judged(chain) == acknowledged + 1
+    finally:
+        stop_chain(chain)
