@@ -15,7 +15,7 @@ else
 PYTEST_SELECT := -m "not slow"
 endif
 
-.PHONY: demo test test-all bench bench-chain lint gen clean
+.PHONY: demo test test-all bench bench-chain bench-restart lint gen clean
 
 demo: $(INSTALLED) $(GENERATED)
 	$(PY) -m services demo
@@ -32,6 +32,10 @@ bench: $(INSTALLED) $(GENERATED)
 # The chain as a system: every role's RPCs, batches, end to end (ARGS=--json for one object).
 bench-chain: $(INSTALLED) $(GENERATED)
 	$(PY) -m loadtest.bench_chain $(ARGS)
+
+# Each role's start on a ledger of 5M events against an empty one (ARGS=--events N, --json).
+bench-restart: $(INSTALLED) $(GENERATED)
+	$(PY) -m loadtest.bench_restart $(ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/buf lint

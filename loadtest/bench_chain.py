@@ -40,11 +40,14 @@ from services.runtime.peers import MESSAGE_LIMIT_OPTIONS
 FULL_SCALE_WON = 5_200_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Targets: the DSP's Bid against the do-nothing handler, per-event seed-example
-# opportunities/s, the bulk run at full scale, RequestAd's tail at half load.
+# opportunities/s, the bulk run at full scale, RequestAd's tail at half load, and what
+# the ledger costs (bulk wall time and per-event rate, ledger on against off).
 TARGET_BID_RATIO = 0.8
 TARGET_PER_EVENT_OPS = 1_000
 TARGET_FULL_SCALE_S = 300
 TARGET_P99_OVER_P50 = 3.0
+TARGET_LEDGER_BULK_RATIO = 1.3
+TARGET_LEDGER_PER_EVENT_RATIO = 0.9
 
 
 def bid_request() -> openrtb_pb2.BidRequest:
@@ -367,10 +370,15 @@ def measure(quick: bool) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="adchain-bench-"))
     result: dict = {"baselines": asyncio.run(measure_baselines(seconds))}
     result["roles"] = asyncio.run(measure_services(workdir, seconds))
+    # Every role on its ledger, as adchain up runs them; the same runs with
+    # the ledger off (counts in memory) beside them, for what durability costs.
     result["end_to_end"] = {
         "per_event": end_to_end(scale, bulk=False, workdir=workdir / "per-event"),
+        "per_event_no_ledger": end_to_end(scale, bulk=False, workdir=workdir / "per-event-off", ledger=False),
         "bulk": end_to_end(scale * 5, bulk=True, workdir=workdir / "bulk"),
+        "bulk_no_ledger": end_to_end(scale * 5, bulk=True, workdir=workdir / "bulk-off", ledger=False),
     }
+    runs = result["end_to_end"]
     baseline = result["baselines"]["runtime"]["rpc_per_s"]
     bulk = result["end_to_end"]["bulk"]
     result["ratios"] = {
@@ -384,6 +392,9 @@ def measure(quick: bool) -> dict:
         # Extrapolated from the bulk run's rate; the real full-scale run is
         # `adchain loadtest seed-example --scale 1 --bulk`.
         "bulk_full_scale_projected_s": round(FULL_SCALE_WON / bulk["opportunities_per_s"]),
+        "bulk_ledger_on_over_off_wall": round(bulk["wall_s"] / runs["bulk_no_ledger"]["wall_s"], 2),
+        "per_event_ledger_on_over_off": round(runs["per_event"]["opportunities_per_s"]
+                                              / runs["per_event_no_ledger"]["opportunities_per_s"], 2),
     }
     return result
 
@@ -421,6 +432,10 @@ def table(result: dict) -> str:
     lines.append(f"  bulk full scale, projected         {r['bulk_full_scale_projected_s']:,} s   "
                  f"(<= {TARGET_FULL_SCALE_S})")
     lines.append(f"  RequestAd p99 / p50 at half load   {r['request_ad_p99_over_p50']}   (<= {TARGET_P99_OVER_P50})")
+    lines.append(f"  bulk wall, ledger on / off         {r['bulk_ledger_on_over_off_wall']:.2f}   "
+                 f"(<= {TARGET_LEDGER_BULK_RATIO})")
+    lines.append(f"  per-event rate, ledger on / off    {r['per_event_ledger_on_over_off']:.2f}   "
+                 f"(>= {TARGET_LEDGER_PER_EVENT_RATIO})")
     return "\n".join(lines)
 
 

@@ -71,19 +71,22 @@ class _NoStore:
 
     generation = 0
     failed = False
+    durable = False
 
     def commit(self) -> None:
         pass
 
 
-def _acknowledge(store: LedgerStore | _NoStore, generation: int) -> None:
-    """Before a response leaves: commit what the handler wrote. A failure
-    since the handler began rolled back writes it made, so it acknowledges
-    nothing."""
+async def _acknowledge(store: LedgerStore | _NoStore, generation: int) -> None:
+    """Before a response leaves: what the handler wrote is committed (with
+    whatever else the loop's handlers wrote meanwhile: one group commit). A
+    failure since the handler began rolled back writes it made, so it
+    acknowledges nothing."""
     if store.generation != generation:
         raise LedgerUnavailable("ledger", "the ledger failed while this call was being served; nothing of it "
                                           "was recorded")
-    store.commit()
+    if store.durable:
+        await store.commit_soon()
 
 
 def _unary_response(method: str, behaviour, metrics: RpcMetrics, store: LedgerStore | _NoStore):
@@ -98,7 +101,7 @@ def _unary_response(method: str, behaviour, metrics: RpcMetrics, store: LedgerSt
             if store.failed:
                 raise LedgerUnavailable("ledger", store.failure)
             response = (await behaviour(request, context)) if waits else behaviour(request, context)
-            _acknowledge(store, generation)
+            await _acknowledge(store, generation)
             if batch:  # count the batch's items by their own status
                 metrics.observe_items(method, response.results)
             return response
@@ -127,13 +130,13 @@ def _streamed_response(method: str, behaviour, metrics: RpcMetrics, store: Ledge
                 raise LedgerUnavailable("ledger", store.failure)
             if streams_async:
                 async for response in behaviour(request, context):
-                    _acknowledge(store, generation)
+                    await _acknowledge(store, generation)
                     if batch:  # a stream message's answers, each with its own status
                         metrics.observe_items(method, response.results)
                     yield response
             else:
                 for response in behaviour(request, context):
-                    _acknowledge(store, generation)
+                    await _acknowledge(store, generation)
                     yield response
         except (asyncio.CancelledError, GeneratorExit):  # the caller went away mid-stream
             code = "CANCELLED"

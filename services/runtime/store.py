@@ -8,10 +8,10 @@ notices owed to other roles (`outbox`) and spend accruals (`accruals`).
 Idempotence by key is the store's primary key, not a set in memory.
 
 **Group commit.** A role writes from its one event loop thread; writes join
-an open transaction and `commit()` ends it. The interceptor commits after
-every handler, before the response leaves, so an acknowledged RPC is on disk;
-a batch RPC of a thousand events is one commit, and concurrent handlers share
-whichever commit comes first. What other roles or users see of a role's
+an open transaction and `commit()` ends it. The interceptor waits for
+`commit_soon()` after every handler, before the response leaves, so an
+acknowledged RPC is on disk; a batch RPC of a thousand events is one commit,
+and the handlers the loop runs in one pass share one commit. What other roles or users see of a role's
 counts (GetCounts, metrics, notices) moves only on commit: `on_commit`
 callbacks run after the transaction is durable.
 
@@ -37,6 +37,7 @@ instead of one per key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -102,6 +103,7 @@ class LedgerStore:
         self._in_transaction = False
         self._flushers: list[Callable[[sqlite3.Connection], None]] = []
         self._after: list[Callable[[], None]] = []
+        self._group: asyncio.Future | None = None
         self.generation = 0
         self.failure: str | None = None
         self._on_failure: list[Callable[[str], None]] = []
@@ -114,6 +116,8 @@ class LedgerStore:
         return db
 
     # -- writing -------------------------------------------------------------------------
+    durable = True  # (a role without a ledger has nothing to commit)
+
     @property
     def failed(self) -> bool:
         return self.failure is not None
@@ -175,6 +179,28 @@ class LedgerStore:
             after, self._after = self._after, []
         for callback in after:
             callback()
+
+    def commit_soon(self) -> asyncio.Future:
+        """Group commit: a future that is done once everything written so far
+        is durable (or raises LedgerUnavailable). The commit runs once, after
+        the handlers the loop is running now, for every caller that asked
+        before it ran: under load one commit acknowledges many calls."""
+        group = self._group
+        if group is None:
+            loop = asyncio.get_running_loop()
+            group = self._group = loop.create_future()
+            loop.call_soon(self._commit_group)
+        return group
+
+    def _commit_group(self) -> None:
+        group, self._group = self._group, None
+        try:
+            self.commit()
+        except LedgerUnavailable as error:
+            group.set_exception(error)
+            group.exception()  # every waiter re-raises it; none left means nothing unretrieved
+        else:
+            group.set_result(None)
 
     def _fail(self, error: sqlite3.Error) -> None:
         """Roll back and go failed: nothing written since the last commit is

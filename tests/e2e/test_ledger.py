@@ -205,3 +205,25 @@ def test_a_ledger_that_cannot_be_written_acknowledges_nothing_until_it_can(tmp_p
         assert judged(chain) == acknowledged + 1
     finally:
         stop_chain(chain)
+
+
+def test_a_torn_last_write_is_not_part_of_the_ledger(tmp_path):
+    """The process died while appending its last commit to the WAL: the
+    ledger opens at the commit before it, whole."""
+    store = LedgerStore(tmp_path / "role.sqlite")
+    journal = DurableJournal(store)
+    journal.record("a:1", "rendered")
+    store.commit()
+    journal.record_many([(f"b:{i}", "rendered", "", "c", "dsp-1") for i in range(200)])
+    store.commit()
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    for suffix in ("", "-wal"):  # the files as a crash leaves them: nothing checkpointed
+        (torn / f"role.sqlite{suffix}").write_bytes((tmp_path / f"role.sqlite{suffix}").read_bytes())
+    store.close()
+    wal = torn / "role.sqlite-wal"
+    wal.write_bytes(wal.read_bytes()[:-100])  # the last frame cut short
+    reopened = LedgerStore(torn / "role.sqlite")
+    keys = [r.impression_key for p in DurableJournal(reopened).pages() for r in p.records]
+    assert keys == ["a:1"]
+    reopened.close()
