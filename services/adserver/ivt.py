@@ -75,9 +75,10 @@ class InvalidTrafficFilter:
         self._min_render_ms = settings.min_render_ms
         self._per_minute = settings.max_impressions_per_user_per_minute
         self._lock = threading.Lock()
-        # viewer -> render times in the last minute, the viewer that rendered
-        # least recently first (see _count_render)
-        self._recent: collections.OrderedDict[str, collections.deque[int]] = collections.OrderedDict()
+        # viewer -> render times in the last minute (one time, or a list of
+        # them: see _add), the viewer that rendered least recently first
+        # (see _count_render)
+        self._recent: collections.OrderedDict[str, int | list[int]] = collections.OrderedDict()
         self._sweeps = 0
 
         # Real traffic carries a few thousand distinct user agents, so each is
@@ -112,8 +113,7 @@ class InvalidTrafficFilter:
         viewer's window."""
         if viewer:
             with self._lock:
-                self._recent.setdefault(viewer, collections.deque()).append(at_ms)
-                self._recent.move_to_end(viewer)
+                self._add(viewer, at_ms, at_ms - 60_000)
 
     def _count_render(self, viewer: str, now_ms: int) -> bool:
         if not viewer:
@@ -121,15 +121,7 @@ class InvalidTrafficFilter:
         window_start = now_ms - 60_000
         recent = self._recent
         with self._lock:
-            times = recent.get(viewer)
-            if times is None:
-                times = recent[viewer] = collections.deque()
-            else:
-                recent.move_to_end(viewer)
-            while times and times[0] <= window_start:
-                times.popleft()
-            times.append(now_ms)
-            exceeded = len(times) > self._per_minute
+            exceeded = self._add(viewer, now_ms, window_start) > self._per_minute
             self._sweeps += 1
             if self._sweeps % 10_000 == 0:
                 # Forget viewers idle for a minute. They wait in the order they
@@ -137,10 +129,40 @@ class InvalidTrafficFilter:
                 # never at every viewer; this viewer, just seen, ends it.
                 while True:
                     oldest = next(iter(recent))
-                    if recent[oldest][-1] > window_start:
+                    if _last(recent[oldest]) > window_start:
                         break
                     del recent[oldest]
         return exceeded
+
+    def _add(self, viewer: str, at_ms: int, window_start: int) -> int:
+        """Record a render at `at_ms`; how many the viewer has in the window.
+
+        A minute of traffic at full rate is hundreds of thousands of viewers,
+        most with one render in it: a viewer's times are one integer until it
+        has a second, then a list of at most limit + 1 (enough to tell that
+        the limit is passed), never a deque (600 bytes each)."""
+        recent = self._recent
+        times = recent.get(viewer)
+        if times is None:
+            recent[viewer] = at_ms
+            return 1
+        recent.move_to_end(viewer)
+        if type(times) is int:
+            if times > window_start:
+                recent[viewer] = [times, at_ms]
+                return 2
+            recent[viewer] = at_ms
+            return 1
+        kept = [t for t in times if t > window_start]
+        kept.append(at_ms)
+        if len(kept) > self._per_minute + 1:
+            del kept[0]
+        recent[viewer] = kept if len(kept) > 1 else kept[0]
+        return len(kept)
+
+
+def _last(times: int | list[int]) -> int:
+    return times if type(times) is int else times[-1]
 
 
 class DatacenterRanges:

@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 
 SYNCHRONOUS = ("normal", "full")
 # The page cache per connection, in KiB (SQLite's negative cache_size): the
-# ledger's memory stays this size however many events it holds.
-CACHE_KIB = 32 * 1024
+# ledger's memory stays this size however many events it holds. Inserts land
+# at the right edge of each index (keys sort by time) and lookups are of
+# recent keys, so a small cache holds what is used.
+CACHE_KIB = 8 * 1024
 
 # How much a failed ledger's probe writes before it is trusted again.
 PROBE_BYTES = 1 << 20
