@@ -73,9 +73,6 @@ class _NoStore:
     failed = False
     durable = False
 
-    def commit(self) -> None:
-        pass
-
 
 async def _acknowledge(store: LedgerStore | _NoStore, generation: int) -> None:
     """Before a response leaves: what the handler wrote is committed (with

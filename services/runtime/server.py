@@ -181,7 +181,7 @@ async def _start(role: Role, settings: Any, registry: CollectorRegistry | None, 
     tasks = ()
     if store is not None:
         tasks = (asyncio.create_task(_commit_regularly(store)),)
-        store.on_failure(lambda _message: tasks_on_failure(store, app, health_servicer, names))
+        store.on_failure(lambda _message: _on_ledger_failure(store, app, health_servicer, names))
     running = RunningRole(
         role=role.name,
         app=app,
@@ -227,7 +227,7 @@ async def _commit_regularly(store: LedgerStore) -> None:
                 pass  # the store went failed; the probe takes over
 
 
-def tasks_on_failure(store: LedgerStore, app: RoleApp, health_servicer: health.aio.HealthServicer,
+def _on_ledger_failure(store: LedgerStore, app: RoleApp, health_servicer: health.aio.HealthServicer,
                      names: Sequence[str]) -> None:
     """The ledger refused a write: NOT_SERVING until a probe write succeeds,
     then rebuild the role's memory from the ledger and serve again."""

@@ -47,11 +47,11 @@ from pathlib import Path
 
 import grpc
 
+from services.runtime.config import LEDGER_SYNCHRONOUS
 from services.runtime.errors import RequestError
 
 log = logging.getLogger(__name__)
 
-SYNCHRONOUS = ("normal", "full")
 # The page cache per connection, in KiB (SQLite's negative cache_size): the
 # ledger's memory stays this size however many events it holds. Inserts land
 # at the right edge of each index (keys sort by time) and lookups are of
@@ -93,8 +93,8 @@ class LedgerStore:
     the writer)."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "normal", clock: Callable[[], float] = time.time):
-        if synchronous not in SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}")
+        if synchronous not in LEDGER_SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {LEDGER_SYNCHRONOUS}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
