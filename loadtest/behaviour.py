@@ -1,7 +1,7 @@
 """The clients: what a page, app or player does with one opportunity, through
 the chain's real RPCs, and the driver that runs many of them at once.
 
-A client asks the exchange for an ad under its own gRPC deadline, waits a
+A client asks the exchange for an ad under its page's deadline, waits a
 human render delay (or a bot's few milliseconds), fires the begin-to-render
 beacon with its user agent and IP, lets the verification tag report its
 measurement method and in-view samples, and clicks. A client that abandons,
@@ -21,6 +21,7 @@ import grpc
 
 from adchain.v1 import (ad_server_pb2, ad_server_pb2_grpc, exchange_pb2, exchange_pb2_grpc, verifier_pb2,
                         verifier_pb2_grpc)
+from services.runtime.errors import field_violations
 from loadtest.truth import BOT_CAUSE, Record, Truth
 from loadtest.world import Opportunity
 
@@ -29,6 +30,9 @@ MTYPE_VIDEO = 2
 # 5-60 ms, bots that look human in 2-20 ms (the SIVT fast-render signal).
 BOT_RENDER_DELAY_MS = {"bot_known_agent": (5.0, 60.0), "bot_datacenter": (5.0, 60.0), "bot_human_like": (2.0, 20.0)}
 RPC_TIMEOUT_S = 10.0
+# The time an ad request may spend on its way to the exchange and back, on
+# top of the page's own wait (which the exchange judges from arrival).
+TRANSIT_ALLOWANCE_S = 2.0
 OUTCOME_NAMES = {v: k.removeprefix("EVENT_OUTCOME_") for k, v in ad_server_pb2.EventOutcome.items()}
 # The verifier's answers by the names its journal uses (viewable, not_viewable, ...).
 EXPOSURE_NAMES = {v: k.removeprefix("EXPOSURE_CLASS_").lower() for k, v in verifier_pb2.ExposureClass.items()}
@@ -62,15 +66,23 @@ class Clients:
             await channel.close()
 
     async def request(self, op: Opportunity) -> tuple[Record, exchange_pb2.Ad | None]:
-        """The ad call, under the page's own deadline."""
+        """The ad call, under the page's own deadline. The page's wait travels
+        in the request (caller_deadline_ms), judged by the exchange from when
+        the request arrives, so a request held up on its way (a busy client
+        or server) is still auctioned; the call's gRPC deadline adds the
+        transit allowance. Only the exchange's own answer that the page's
+        wait ran out makes the record `deadline_expired` (an auction that
+        ran and was won): a call that timed out in transit is an error."""
         record = Record(key=op.request_id, user_kind=op.user.kind, pod_break=op.pod.break_name if op.pod else "")
+        request = ad_request(op, self._auction_type, self._tmax_ms)
+        request.caller_deadline_ms = int(op.deadline_ms)
         started = time.perf_counter()
         try:
-            response = await self.exchange.RequestAd(ad_request(op, self._auction_type, self._tmax_ms),
-                                                     timeout=op.deadline_ms / 1000.0)
+            response = await self.exchange.RequestAd(request, timeout=op.deadline_ms / 1000.0 + TRANSIT_ALLOWANCE_S)
         except grpc.RpcError as error:
             code = error.code()
-            record.request = "deadline_expired" if code == grpc.StatusCode.DEADLINE_EXCEEDED else f"error_{code.name}"
+            page_gone = code == grpc.StatusCode.DEADLINE_EXCEEDED and "caller_deadline_ms" in field_violations(error)
+            record.request = "deadline_expired" if page_gone else f"error_{code.name}"
             response = None
         self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         if response is None:

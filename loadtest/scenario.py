@@ -96,7 +96,8 @@ class Users:
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    # The page's own deadline for the ad request (its gRPC deadline).
+    # How long the page waits for its ad (caller_deadline_ms, judged by the
+    # exchange from arrival; the call's gRPC deadline adds transit time).
     client_deadline_ms: float = 2000.0
     # Pages that give up sooner than the auction takes (slow page, user gone).
     tight_deadline_share: float = 0.0

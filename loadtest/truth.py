@@ -77,9 +77,9 @@ class Truth:
             return list(self._records.values())
 
     def expected_stages(self) -> dict[str, int]:
-        """What each service should count if it follows its rule. A win is
-        assumed for every expired request: the scenario's demand fills them,
-        and the client cannot see it."""
+        """What each service should count if it follows its rule. An
+        expired request is one the exchange answered "the page's wait ran
+        out", which it answers only for an auction it ran and placed: a win."""
         records = self.records()
         returned = sum(r.request == "returned" for r in records)
         expired = sum(r.request == "deadline_expired" for r in records)

@@ -43,6 +43,14 @@ class NotFound(RequestError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class DeadlineExceeded(RequestError):
+    """The caller's own deadline, carried in the request, passed before the
+    answer was ready: the work it started is done and counted as such (an
+    auction that ran, its ad not returned)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def require(condition: bool, field: str, message: str) -> None:
     """Raise InvalidArgument(field, message) unless `condition` holds."""
     if not condition:
@@ -66,5 +74,6 @@ def field_violations(error: grpc.RpcError) -> dict[str, str]:
 _RPC_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
+    grpc.StatusCode.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
     grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
 }

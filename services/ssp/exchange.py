@@ -91,15 +91,22 @@ class Exchange:
         self._clock = clock
         self._random_ids = _RandomIds()
 
-    async def request_ad(self, request: exchange_pb2.RequestAdRequest
-                         ) -> tuple[exchange_pb2.RequestAdResponse, list[Placed]]:
+    async def request_ad(self, request: exchange_pb2.RequestAdRequest, received_at: float
+                         ) -> tuple[exchange_pb2.RequestAdResponse, list[Placed], list[Placed]]:
+        """One auction: (response, the ads it carries, the ads whose page
+        stopped waiting). `received_at` (time.monotonic()) is when the
+        request arrived; the page's caller_deadline_ms counts from it."""
         validate(request)
         self._ledger.record_ad_requests(1)
         opened = self._open(request, [request.imp], request.tmax_ms, request.at)
         answers = await _only_answers(self._bidders.ask([opened.bid_request]))
         read = self._read(opened, answers)
         response = exchange_pb2.RequestAdResponse()
-        return response, self._settle(read, self._clear_single([read])[0], response)
+        placed = self._settle(read, self._clear_single([read])[0], response)
+        deadline_ms = request.caller_deadline_ms
+        if placed and deadline_ms and (time.monotonic() - received_at) * 1000.0 > deadline_ms:
+            return response, [], placed
+        return response, placed, []
 
     async def request_ads(self, items: Sequence[exchange_pb2.RequestAdRequest], received_at: float
                     ) -> tuple[exchange_pb2.RequestAdsResponse, list[Placed], list[Placed]]:

@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 
 from adchain.v1 import exchange_pb2, exchange_pb2_grpc
 from services.runtime.delivery import on_delivered
+from services.runtime.errors import DeadlineExceeded
 from services.runtime.peers import BidderPeers
 from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
@@ -32,8 +33,13 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
         self._ledger = ledger
 
     async def RequestAd(self, request, context: grpc.aio.ServicerContext) -> exchange_pb2.RequestAdResponse:
-        response, placed = await self._auction(self._exchange.request_ad(request))
-        self._count_on_return(context, placed)
+        received_at = time.monotonic()
+        response, placed, gave_up = await self._auction(self._exchange.request_ad(request, received_at))
+        self._count_on_return(context, placed, gave_up)
+        if gave_up:
+            waited_ms = (time.monotonic() - received_at) * 1000.0
+            raise DeadlineExceeded("caller_deadline_ms", f"the page waited {request.caller_deadline_ms} ms; the "
+                                                         f"auction was answered after {waited_ms:.0f} ms")
         return response
 
     async def RequestAds(self, request, context: grpc.aio.ServicerContext) -> exchange_pb2.RequestAdsResponse:

@@ -106,6 +106,32 @@ def test_an_ad_the_caller_never_received_is_not_counted_as_returned():
         stop_chain(chain)
 
 
+def test_a_page_whose_own_wait_ran_out_gets_deadline_exceeded_and_no_return():
+    from tests.conftest import start_chain, stop_chain
+
+    # The DSPs answer in 80 ms; the page waits 20 ms from the exchange's
+    # receipt, under a gRPC deadline that would have waited for the ad.
+    chain = start_chain(dsp_overrides={"dsp-1": {"response_delay_ms": 80}, "dsp-2": {"response_delay_ms": 80}})
+    try:
+        request = banner_request()
+        request.caller_deadline_ms = 20
+        with pytest.raises(grpc.RpcError) as raised:
+            chain.ssp.RequestAd(request, timeout=5)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "caller_deadline_ms" in field_violations(raised.value)
+        ssp = lambda: read_snapshots({"ssp": chain.addresses()["ssp"]})["ssp"]  # noqa: E731
+        assert wait_for(lambda: total(ssp(), "not_returned") == 1, timeout_s=5)
+        assert wait_for(lambda: stages(chain)["won"] == 1)
+        assert total(ssp(), "returned") == 0
+        # A page that waits long enough gets its ad and is counted returned.
+        request = banner_request("patient")
+        request.caller_deadline_ms = 5_000
+        assert chain.ssp.RequestAd(request, timeout=5).HasField("ad")
+        assert wait_for(lambda: total(ssp(), "returned") == 1, timeout_s=5)
+    finally:
+        stop_chain(chain)
+
+
 # Bad requests: a clear status naming the field, and no count changes.
 
 def _assert_rejected(call, code: grpc.StatusCode, field: str) -> None:
