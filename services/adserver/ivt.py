@@ -13,7 +13,6 @@ address ranges) through configuration.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import ipaddress
@@ -75,10 +74,12 @@ class InvalidTrafficFilter:
         self._min_render_ms = settings.min_render_ms
         self._per_minute = settings.max_impressions_per_user_per_minute
         self._lock = threading.Lock()
-        # viewer -> render times in the last minute (one time, or a list of
-        # them: see _add), the viewer that rendered least recently first
-        # (see _count_render)
-        self._recent: collections.OrderedDict[str, int | list[int]] = collections.OrderedDict()
+        # viewer's hash -> render times in the last minute (one time, or a
+        # list of them: see _add), in the order viewers last rendered (a
+        # dict keeps insertion order; a render re-inserts its viewer). The
+        # hash stands for the viewer: an int is half a user id's string, and
+        # two of a minute's viewers sharing a 64-bit hash is vanishingly rare.
+        self._recent: dict[int, int | list[int]] = {}
         self._sweeps = 0
 
         # Real traffic carries a few thousand distinct user agents, so each is
@@ -127,10 +128,12 @@ class InvalidTrafficFilter:
                 # Forget viewers idle for a minute. They wait in the order they
                 # last rendered, so the sweep looks only at those it forgets,
                 # never at every viewer; this viewer, just seen, ends it.
-                while True:
-                    oldest = next(iter(recent))
-                    if _last(recent[oldest]) > window_start:
+                idle = []
+                for oldest, times in recent.items():
+                    if _last(times) > window_start:
                         break
+                    idle.append(oldest)
+                for oldest in idle:
                     del recent[oldest]
         return exceeded
 
@@ -142,22 +145,22 @@ class InvalidTrafficFilter:
         has a second, then a list of at most limit + 1 (enough to tell that
         the limit is passed), never a deque (600 bytes each)."""
         recent = self._recent
-        times = recent.get(viewer)
+        key = hash(viewer)
+        times = recent.pop(key, None)  # back in, last: it rendered most recently
         if times is None:
-            recent[viewer] = at_ms
+            recent[key] = at_ms
             return 1
-        recent.move_to_end(viewer)
         if type(times) is int:
             if times > window_start:
-                recent[viewer] = [times, at_ms]
+                recent[key] = [times, at_ms]
                 return 2
-            recent[viewer] = at_ms
+            recent[key] = at_ms
             return 1
         kept = [t for t in times if t > window_start]
         kept.append(at_ms)
         if len(kept) > self._per_minute + 1:
             del kept[0]
-        recent[viewer] = kept if len(kept) > 1 else kept[0]
+        recent[key] = kept if len(kept) > 1 else kept[0]
         return len(kept)
 
 
