@@ -138,12 +138,13 @@ class Exchange:
             finally:
                 bid_round.close()
         # Each item's ad reaches its page only with the whole response, which
-        # leaves now: a page whose wait is over by now never gets its ad.
+        # leaves now: a page whose wait is over by now never gets its ad (a
+        # no-fill is answered as it is: there is nothing to withhold).
         waited_ms = (time.monotonic() - received_at) * 1000.0
         carried, gave_up = [], []
         for i, placed in won.items():
             deadline_ms = items[i].caller_deadline_ms
-            if deadline_ms and waited_ms > deadline_ms:
+            if placed and deadline_ms and waited_ms > deadline_ms:
                 results[i].ClearField("response")
                 results[i].status.CopyFrom(_page_gone(i, deadline_ms, waited_ms))
                 gave_up.extend(placed)

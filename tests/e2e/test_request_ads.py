@@ -86,15 +86,19 @@ def test_two_items_with_the_same_request_id_are_two_opportunities(chain):
 
 def test_an_item_whose_page_stopped_waiting_is_not_returned_while_the_rest_are():
     # Every auction takes about 80 ms (both DSPs answer then); the second
-    # page waits 20 ms, the third 5 s, the first as long as the batch.
+    # page waits 20 ms, the third 5 s, the first as long as the batch. The
+    # fourth also waits 20 ms, but its floor is above every bid: a no-fill
+    # withholds nothing and is answered as it is.
     chain = start_chain(dsp_overrides={"dsp-1": {"response_delay_ms": 80}, "dsp-2": {"response_delay_ms": 80}})
     try:
-        items = [banner_request("waits"), banner_request("gave-up"), banner_request("patient")]
-        items[1].caller_deadline_ms = 20
+        items = [banner_request("waits"), banner_request("gave-up"), banner_request("patient"),
+                 banner_request("unfilled", floor=50.0)]
+        items[1].caller_deadline_ms = items[3].caller_deadline_ms = 20
         items[2].caller_deadline_ms = 5_000
         results = request_ads(chain.ssp, items)
-        assert [r.status.code for r in results] == [code_pb2.OK, code_pb2.DEADLINE_EXCEEDED, code_pb2.OK]
+        assert [r.status.code for r in results] == [code_pb2.OK, code_pb2.DEADLINE_EXCEEDED, code_pb2.OK, code_pb2.OK]
         assert results[1].status.field == "items[1].caller_deadline_ms"
+        assert results[3].response.no_fill_reason == exchange_pb2.NO_FILL_REASON_NO_BIDS
         assert not results[1].HasField("response")  # its page is gone: the ad is not handed back
         returned = {results[0].response.ad.impression_key, results[2].response.ad.impression_key}
         assert wait_for(lambda: len(verdicts(chain.ssp)) == 3)
