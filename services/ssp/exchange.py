@@ -103,8 +103,7 @@ class Exchange:
         read = self._read(opened, answers)
         response = exchange_pb2.RequestAdResponse()
         placed = self._settle(read, self._clear_single([read])[0], response)
-        deadline_ms = request.caller_deadline_ms
-        if placed and deadline_ms and (time.monotonic() - received_at) * 1000.0 > deadline_ms:
+        if page_gone(placed, request.caller_deadline_ms, waited_ms_since(received_at)):
             return response, [], placed
         return response, placed, []
 
@@ -140,13 +139,13 @@ class Exchange:
         # Each item's ad reaches its page only with the whole response, which
         # leaves now: a page whose wait is over by now never gets its ad (a
         # no-fill is answered as it is: there is nothing to withhold).
-        waited_ms = (time.monotonic() - received_at) * 1000.0
+        waited_ms = waited_ms_since(received_at)
         carried, gave_up = [], []
         for i, placed in won.items():
             deadline_ms = items[i].caller_deadline_ms
-            if placed and deadline_ms and waited_ms > deadline_ms:
+            if page_gone(placed, deadline_ms, waited_ms):
                 results[i].ClearField("response")
-                results[i].status.CopyFrom(_page_gone(i, deadline_ms, waited_ms))
+                results[i].status.CopyFrom(_page_gone_status(i, deadline_ms, waited_ms))
                 gave_up.extend(placed)
             else:
                 carried.extend(placed)
@@ -469,12 +468,25 @@ def _fail(result: exchange_pb2.RequestAdResult, index: int) -> None:
     result.status.CopyFrom(batch.failed(f"items[{index}]"))
 
 
-def _page_gone(index: int, deadline_ms: int, waited_ms: float) -> batch_pb2.ItemStatus:
+def waited_ms_since(received_at: float) -> float:
+    return (time.monotonic() - received_at) * 1000.0
+
+
+def page_gone(placed: Sequence[Placed], deadline_ms: int, waited_ms: float) -> bool:
+    """Whether an auction's ads are withheld: its page's own wait
+    (caller_deadline_ms, 0 for none) is over. A no-fill withholds nothing."""
+    return bool(placed) and 0 < deadline_ms < waited_ms
+
+
+def page_gone_message(deadline_ms: int, waited_ms: float) -> str:
+    return f"the page waited {deadline_ms} ms; the answer was ready after {waited_ms:.0f} ms"
+
+
+def _page_gone_status(index: int, deadline_ms: int, waited_ms: float) -> batch_pb2.ItemStatus:
     """The status of an item whose page stopped waiting before the batch was
     answered: its auction ran and is counted; what it found is not returned."""
-    return batch_pb2.ItemStatus(
-        code=code_pb2.DEADLINE_EXCEEDED, field=f"items[{index}].caller_deadline_ms",
-        message=f"the page waited {deadline_ms} ms; the batch was answered after {waited_ms:.0f} ms")
+    return batch_pb2.ItemStatus(code=code_pb2.DEADLINE_EXCEEDED, field=f"items[{index}].caller_deadline_ms",
+                                message=page_gone_message(deadline_ms, waited_ms))
 
 
 def _format(imp: openrtb_pb2.Imp) -> str:

@@ -19,7 +19,7 @@ from services.runtime.server import RoleContext, Servicer
 from services.runtime.tokens import TokenCodec
 from services.ssp import auction
 from services.ssp.bidstream import BidStreams
-from services.ssp.exchange import Exchange, Placed
+from services.ssp.exchange import Exchange, Placed, page_gone_message, waited_ms_since
 from services.ssp.ledger import SspLedger
 from services.ssp.notices import NoticeBatches
 from services.ssp.settings import SspConfig
@@ -37,9 +37,8 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
         response, placed, gave_up = await self._auction(self._exchange.request_ad(request, received_at))
         self._count_on_return(context, placed, gave_up)
         if gave_up:
-            waited_ms = (time.monotonic() - received_at) * 1000.0
-            raise DeadlineExceeded("caller_deadline_ms", f"the page waited {request.caller_deadline_ms} ms; the "
-                                                         f"auction was answered after {waited_ms:.0f} ms")
+            raise DeadlineExceeded("caller_deadline_ms",
+                                   page_gone_message(request.caller_deadline_ms, waited_ms_since(received_at)))
         return response
 
     async def RequestAds(self, request, context: grpc.aio.ServicerContext) -> exchange_pb2.RequestAdsResponse:
